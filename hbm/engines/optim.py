@@ -1,0 +1,150 @@
+"""Optax optimizers from spec text: ``adam(lr=0.01)``, ``adamw(lr=exponential_decay(0.01, 1000, 0.9))``.
+
+Any ``optax.<name>`` optimizer that takes a learning rate is accepted, with
+``lr`` as a short name for ``learning_rate``. A learning rate may itself be a
+call naming an optax schedule (positional or keyword arguments). ``clip=c``
+chains ``optax.clip_by_global_norm(c)`` in front. The result is wrapped with
+``numpyro.optim.optax_to_numpyro`` for ``numpyro.infer.SVI``.
+
+    >>> build_optimizer("adam(lr=0.01, clip=10)")  # doctest: +ELLIPSIS
+    <numpyro.optim._NumPyroOptim object at ...>
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable
+
+from ..errors import HbmError, did_you_mean
+from ..parse import Fn, parse_call
+
+# take a learning rate but cannot run under numpyro's SVI (need extra update arguments)
+# or are building blocks rather than optimizers
+_NOT_OPTIMIZERS = {"lbfgs", "scale_by_learning_rate", "scale_by_rprop"}
+# in optax.schedules but not a schedule written as a call of numbers
+_NOT_SCHEDULES = {"inject_hyperparams", "inject_stateful_hyperparams"}
+
+
+@functools.lru_cache(maxsize=1)
+def optimizer_names() -> tuple[str, ...]:
+    """Every ``optax`` optimizer usable here (those with a ``learning_rate`` argument)."""
+    import optax
+
+    out = []
+    for name in dir(optax):
+        obj = getattr(optax, name)
+        if name.startswith("_") or name in _NOT_OPTIMIZERS or isinstance(obj, type) or not callable(obj):
+            continue
+        try:
+            if "learning_rate" in inspect.signature(obj).parameters:
+                out.append(name)
+        except (TypeError, ValueError):
+            continue
+    return tuple(sorted(out))
+
+
+@functools.lru_cache(maxsize=1)
+def schedule_names() -> tuple[str, ...]:
+    """Every optax schedule: the functions of ``optax.schedules``."""
+    import optax.schedules as S
+
+    return tuple(sorted(n for n in dir(S) if not n.startswith("_") and n[0].islower()
+                        and n not in _NOT_SCHEDULES and callable(getattr(S, n))))
+
+
+def build_optimizer(spec: Fn | str | None, where: str = "inference.optimizer"):
+    """A ``numpyro.optim`` optimizer from ``adam(lr=0.01)``-style text or a parsed :class:`Fn`."""
+    from numpyro.optim import optax_to_numpyro
+
+    return optax_to_numpyro(build_optax(spec, where))
+
+
+def build_optax(spec: Fn | str | None, where: str = "inference.optimizer"):
+    """The ``optax.GradientTransformation`` described by ``spec`` (default ``adam(lr=0.01)``)."""
+    import optax
+
+    fn = _as_fn(spec if spec is not None else "adam(lr=0.01)", where)
+    if fn.name not in optimizer_names():
+        raise HbmError(f"unknown optimizer '{fn.name}'", where=where,
+                       hint=_hint(fn.name, optimizer_names(), "optimizers are optax's:"))
+    kw = fn.kw()
+    clip = kw.pop("clip", None)
+    if "lr" in kw:
+        if "learning_rate" in kw:
+            raise HbmError("give either 'lr' or 'learning_rate', not both", where=where)
+        kw["learning_rate"] = kw.pop("lr")
+    args = list(fn.args)
+    if args and isinstance(args[0], Fn):
+        args[0] = _schedule(args[0], where)
+    if isinstance(kw.get("learning_rate"), Fn):
+        kw["learning_rate"] = _schedule(kw["learning_rate"], where)
+    opt = _call(getattr(optax, fn.name), fn.name, args, kw, where)
+    if clip is not None:
+        if not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip <= 0:
+            raise HbmError(f"'clip' must be a positive number, got {clip!r}", where=where,
+                           hint="e.g. adam(lr=0.01, clip=10): gradients are rescaled to global norm <= 10")
+        opt = optax.chain(optax.clip_by_global_norm(float(clip)), opt)
+    return opt
+
+
+def _as_fn(spec, where: str) -> Fn:
+    if isinstance(spec, Fn):
+        return spec
+    parsed = parse_call(spec) if isinstance(spec, str) else spec
+    if not isinstance(parsed, Fn):
+        raise HbmError(f"expected an optimizer such as adam(lr=0.01), got {spec!r}", where=where)
+    return parsed
+
+
+def _schedule(fn: Fn, where: str) -> Callable:
+    import optax.schedules as S
+
+    if fn.name not in schedule_names():
+        raise HbmError(f"unknown learning-rate schedule '{fn.name}'", where=where,
+                       hint=_hint(fn.name, schedule_names(), "schedules are optax's:"))
+    return _call(getattr(S, fn.name), fn.name, list(fn.args), fn.kw(), where)
+
+
+def _call(f: Callable, name: str, args: list, kw: dict, where: str):
+    """Call an optax factory, coercing spec values to the declared types (1000.0 -> 1000, 'true' -> True)."""
+    sig = inspect.signature(f)
+    try:
+        bound = sig.bind(*args, **kw)
+    except TypeError as e:
+        params = list(sig.parameters)
+        bad = [k for k in kw if k not in sig.parameters]
+        hint = did_you_mean(bad[0], params) if bad else None
+        raise HbmError(f"bad arguments to {name}(): {e}", where=where,
+                       hint=hint or f"{name}{_short_sig(sig)}") from None
+    for k, v in list(bound.arguments.items()):
+        bound.arguments[k] = _coerce(v, sig.parameters[k].annotation)
+    try:
+        return f(*bound.args, **bound.kwargs)
+    except (TypeError, ValueError) as e:
+        raise HbmError(f"bad arguments to {name}(): {e}", where=where,
+                       hint=f"{name}{_short_sig(sig)}") from None
+
+
+def _coerce(v: Any, annotation: Any) -> Any:
+    ann = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    ann = ann.replace("typing.", "")
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    if isinstance(v, float) and v.is_integer() and ann in ("int", "Optional[int]", "int | None"):
+        return int(v)
+    return v
+
+
+def _short_sig(sig: inspect.Signature) -> str:
+    parts = []
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        parts.append(p.name if p.default is p.empty else f"{p.name}={p.default!r}")
+    return "(" + ", ".join(parts) + ")"
+
+
+def _hint(name: str, names: tuple[str, ...], lead: str) -> str:
+    dym = did_you_mean(name, names)
+    listing = f"{lead} {', '.join(names)}"
+    return f"{dym} {listing}" if dym else listing

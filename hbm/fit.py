@@ -1,0 +1,120 @@
+"""``hbm.fit``: run an engine on a compiled model and gather the results.
+
+    result = hbm.fit(model, engine="svi", steps=5000)
+    result.summary(); result.to_arviz(); result.save("runs/first")
+"""
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .compiler import CompiledModel
+from .engines.base import EngineResult, FitProblem
+from .engines.registry import get_engine
+from .errors import HbmError
+from .outputs import build_outputs, site_draws
+from .results import Outputs, summarize, to_inference_data
+
+SAMPLERS = ("nuts",)
+
+
+@dataclass
+class FitResult:
+    """A finished fit: the model, the engine's raw result and the named parameters."""
+
+    model: CompiledModel
+    engine: EngineResult
+    outputs: Outputs
+    config: object
+    timings: dict = field(default_factory=dict)
+    _summary: object = None
+
+    @property
+    def kind(self) -> str:
+        return "sampler" if self.config.engine in SAMPLERS else "variational"
+
+    def summary(self):
+        """One row per parameter element: mean, sd, quantiles and diagnostics (a DataFrame)."""
+        if self._summary is None:
+            self._summary = summarize(self.outputs, self.kind)
+        return self._summary
+
+    def to_arviz(self):
+        """ArviZ InferenceData with named dims and the data's own level labels."""
+        observed = {"y": np.asarray(self.model.rows["y"])[: self.model.n_rows]}
+        return to_inference_data(self.outputs, self.engine.sample_stats or None, self.engine.loss,
+                                 observed, {"formula": self.model.ir.formula, "engine": self.config.engine})
+
+    def fit_info(self) -> dict:
+        """Everything ``fit.json`` records: timings, devices, versions, data, convergence."""
+        import jax
+        import numpyro
+        return {
+            "name": self.model.spec.name,
+            "formula": self.model.ir.formula,
+            "family": self.model.ir.family.name,
+            "link": self.model.ir.family.link,
+            "engine": self.config.engine,
+            "seed": self.config.seed,
+            "timings": {**self.engine.timings, **self.timings},
+            "devices": {"count": self.model.n_devices, "platform": jax.default_backend(),
+                        "kinds": sorted({d.device_kind for d in jax.devices()})},
+            "versions": {"hbm": _version(), "jax": jax.__version__, "numpyro": numpyro.__version__,
+                         "python": platform.python_version()},
+            "data": {"rows": self.model.n_rows, "fingerprint": self.model.fingerprint,
+                     "source": self.model.spec.data},
+            "plates": {p.name: p.size for p in self.model.ir.plates},
+            "convergence": _jsonable(self.engine.info),
+        }
+
+    def save(self, run_dir, overwrite: bool = False) -> Path:
+        """Write the run directory (never over an existing run unless ``overwrite``)."""
+        from .rundir import save_fit
+        return save_fit(run_dir, self.to_arviz(), self.summary(), self.model.spec.to_dict(),
+                        self.fit_info(), self.engine.loss, overwrite=overwrite)
+
+
+def fit(model: CompiledModel, engine: str | None = None, progress: Callable | None = None,
+        **overrides) -> FitResult:
+    """Fit ``model`` with an engine; keyword overrides replace ``inference:`` settings (steps=...)."""
+    config = model.spec.inference
+    if engine is not None:
+        overrides["engine"] = engine
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise HbmError(f"unknown inference setting '{sorted(unknown)[0]}'",
+                       hint="settings: " + ", ".join(sorted(fields)))
+    config = dataclasses.replace(config, **overrides)
+    eng = get_engine(config.engine)
+    result = eng.fit(FitProblem(model.numpyro_model, model.data), config, progress)
+    t0 = time.perf_counter()
+    sites = site_draws(model.numpyro_model, model.rows, model.consts, result.samples, config.seed)
+    outputs = build_outputs(model.ir, sites, model.encoding)
+    return FitResult(model, result, outputs, config, {"summarise_s": time.perf_counter() - t0})
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("hbm")
+    except Exception:  # noqa: BLE001 - running from a source tree
+        return "dev"
+
+
+def _jsonable(d):
+    if isinstance(d, dict):
+        return {str(k): _jsonable(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_jsonable(v) for v in d]
+    if isinstance(d, (np.generic,)):
+        return d.item()
+    if isinstance(d, np.ndarray):
+        return d.tolist()
+    return d

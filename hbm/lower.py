@@ -1,0 +1,133 @@
+"""Lower the IR into a NumPyro model function.
+
+The model samples the priors in plates, reconstructs group values (chains are
+drawn level by level from the outermost group in), and adds one fused
+log-likelihood (``hbm.likelihood``). Non-centring is done with NumPyro's
+``reparam`` handler, not by hand-made offset variables.
+
+    model(rows, consts)                  # fitting: the likelihood enters as one factor
+    model(rows, consts, mode="simulate") # prior/posterior predictive: samples "y" per row
+    model(rows, consts, mode="latent")   # parameters only, no likelihood (posterior summaries)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions.transforms import LowerCholeskyAffine
+from numpyro.infer.reparam import LocScaleReparam, TransformReparam
+
+from . import ir
+from .encode import plate_effects, population_columns
+from .families import FAMILIES
+from .likelihood import Likelihood
+from .priors import Fixed, to_distribution
+
+
+def sample_param(name: str, prior, support: str, shape: tuple = (), dim: int | None = None):
+    """A parameter site: sampled from its prior, or a deterministic site when the prior is a number."""
+    if isinstance(prior, Fixed):
+        return numpyro.deterministic(name, jnp.full(shape, prior.value, dtype=jnp.float32))
+    d = to_distribution(prior, support, dim, where=name)
+    if shape:
+        d = d.expand(shape).to_event(len(shape))
+    return numpyro.sample(name, d)
+
+
+def reparam_config(model: ir.ModelIR) -> dict:
+    """Sites made non-centred: chain levels and single-term blocks by location-scale, correlated
+    blocks by their Cholesky affine transform."""
+    cfg = {}
+    for c in model.chains:
+        for p in c.plates:
+            cfg[c.site(p)] = LocScaleReparam(0)
+    for b in model.groups:
+        cfg[b.site] = TransformReparam() if b.cor_prior is not None else LocScaleReparam(0)
+    return cfg
+
+
+def make_model(model: ir.ModelIR, mesh=None) -> Callable:
+    """The NumPyro model of ``model``; ``mesh`` shards the likelihood over its ``data`` axis."""
+    sizes = {p.name: p.size for p in model.plates}
+    effects = plate_effects(model)
+    n_pop = len(population_columns(model))
+    family = FAMILIES[model.family.name]
+    lik = Likelihood(model, effects, mesh)
+
+    def body(rows, consts, mode="fit", scale=None):
+        values: dict[str, jnp.ndarray] = {}
+        b_parts, intercept = [], None
+        for t in model.population:
+            v = sample_param(t.name, t.prior, "real", (len(t.columns),) if t.is_vector else ())
+            values[t.name] = v
+            if t.in_chain:
+                continue
+            if t.columns == (ir.INTERCEPT,):
+                intercept = v
+            else:
+                b_parts.append(jnp.atleast_1d(v))
+        for c in model.chains:
+            loc = values[c.top] if c.top else 0.0
+            for k in reversed(range(len(c.plates))):
+                plate = c.plates[k]
+                if k + 1 < len(c.plates):
+                    loc = loc[consts["parent"][f"{plate}>{c.plates[k + 1]}"]]
+                sd = sample_param(c.sd_name(k), c.sd_priors[k], "positive")
+                with numpyro.plate(plate, sizes[plate]):
+                    loc = numpyro.sample(c.site(plate), dist.Normal(loc, sd))
+            values[c.site(c.plates[0])] = loc
+        for b in model.groups:
+            sds = [sample_param(b.sd_name(k), s, "positive") for k, s in enumerate(b.sd_priors)]
+            if b.cor_prior is None:
+                with numpyro.plate(b.plate, sizes[b.plate]):
+                    r = numpyro.sample(b.site, dist.Normal(0.0, sds[0]))
+                values[b.site] = r[:, None]
+            else:
+                k = len(b.columns)
+                chol = sample_param(f"L({b.label})", b.cor_prior, "corr_cholesky", dim=k)
+                tril = jnp.stack(sds)[:, None] * chol
+                with numpyro.plate(b.plate, sizes[b.plate]):
+                    base = dist.Normal(jnp.zeros(k), 1.0).to_event(1)
+                    values[b.site] = numpyro.sample(
+                        b.site, dist.TransformedDistribution(base, LowerCholeskyAffine(jnp.zeros(k), tril)))
+        aux = {p.name: sample_param(p.name, p.prior, "positive") for p in model.family.params}
+        coefs = jnp.concatenate(b_parts) if n_pop else None
+        tables = {plate: jnp.stack([values[e.owner] if e.owner not in _blocks(model)
+                                    else values[e.owner][:, e.index] for e in effs], -1)
+                  for plate, effs in effects.items()}
+        params = {"intercept": intercept, "b": coefs, "tables": tables, "aux": aux}
+        if mode == "simulate":
+            eta = lik.eta(params, rows)
+            with numpyro.plate("obs", eta.shape[0]):
+                numpyro.sample("y", family.make(eta, model.family.link, aux, _extra(rows)))
+        elif mode == "fit":
+            numpyro.factor("loglik", lik.total(params, rows, scale))
+
+    reparams = reparam_config(model) if model.noncentered else {}
+    if not reparams:
+        return body
+
+    def model_fn(rows, consts, mode="fit", scale=None):
+        with numpyro.handlers.reparam(config=reparams):
+            body(rows, consts, mode, scale)
+    return model_fn
+
+
+def _blocks(model: ir.ModelIR) -> set[str]:
+    return {b.site for b in model.groups}
+
+
+def _extra(rows) -> dict:
+    return {k: rows[k] for k in ("trials", "se") if k in rows}
+
+
+def n_latent(model: ir.ModelIR) -> int:
+    """Number of latent scalars (for choosing engines and guides)."""
+    sizes = {p.name: p.size for p in model.plates}
+    n = sum(len(t.columns) for t in model.population if not isinstance(t.prior, Fixed))
+    n += sum(sizes[p] for c in model.chains for p in c.plates)
+    n += sum(sizes[b.plate] * len(b.columns) for b in model.groups)
+    return int(n + np.sum([len(model.family.params)]))
