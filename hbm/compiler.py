@@ -124,3 +124,50 @@ def fingerprint(df: pd.DataFrame) -> str:
     h.update(",".join(map(str, df.columns)).encode())
     h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def init_values(model_ir: ir_mod.ModelIR, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Starting values for the engines: the intercept at the data's mean on the link scale,
+    slopes at 0, group-level standard deviations small, sigma at the data's spread.
+
+    Starting every standard deviation at its prior's median can put the linear
+    predictor far out (exp overflows under a log link); small ones start the fit
+    near the pooled model instead.
+    """
+    from .priors import Fixed
+    y = np.asarray(y, np.float64)
+    link, fam = model_ir.family.link, model_ir.family.name
+    if fam == "lognormal":
+        center, spread = float(np.log(y).mean()), float(np.log(y).std() or 1.0)
+    elif link == "log":
+        center, spread = float(np.log(max(y.mean(), 1e-3))), 1.0
+    elif link in ("logit", "probit"):
+        p = float(np.clip(y.mean() / (max(1.0, y.max())), 0.01, 0.99))
+        center, spread = float(np.log(p / (1 - p))) if link == "logit" else 0.0, 1.0
+    elif link == "inverse":
+        center, spread = float(1.0 / y.mean()) if y.mean() != 0 else 1.0, 1.0
+    else:
+        center, spread = float(y.mean()), float(y.std() or 1.0)
+    out: dict[str, np.ndarray] = {}
+    for t in model_ir.population:
+        if isinstance(t.prior, Fixed):
+            continue
+        shape = (len(t.columns),) if t.is_vector else ()
+        out[t.name] = np.full(shape, center if t.columns == (ir_mod.INTERCEPT,) else 0.0, np.float32)
+    sd_names = [c.sd_name(k) for c in model_ir.chains for k in range(len(c.plates))]
+    sd_names += [b.sd_name(k) for b in model_ir.groups for k in range(len(b.columns))]
+    fixed = {name for name, p in _priors(model_ir) if isinstance(p, Fixed)}
+    for name in sd_names:
+        if name not in fixed:
+            out[name] = np.float32(0.1 * spread)
+    for p in model_ir.family.params:
+        if p.name == "sigma" and not isinstance(p.prior, Fixed):
+            out["sigma"] = np.float32(spread)
+    return out
+
+
+def _priors(model_ir: ir_mod.ModelIR):
+    for c in model_ir.chains:
+        yield from ((c.sd_name(k), p) for k, p in enumerate(c.sd_priors))
+    for b in model_ir.groups:
+        yield from ((b.sd_name(k), p) for k, p in enumerate(b.sd_priors))

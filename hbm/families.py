@@ -87,8 +87,8 @@ def _beta(eta, link, aux, extra):
 
 
 FAMILIES: dict[str, FamilySpec] = {f.name: f for f in [
-    FamilySpec("normal", ("identity", "log", "inverse"), ("sigma",), "real", _normal),
-    FamilySpec("student_t", ("identity", "log", "inverse"), ("sigma", "nu"), "real", _student_t),
+    FamilySpec("normal", ("identity", "inverse"), ("sigma",), "real", _normal),
+    FamilySpec("student_t", ("identity", "inverse"), ("sigma", "nu"), "real", _student_t),
     FamilySpec("poisson", ("log", "identity"), (), "count", _poisson),
     FamilySpec("negative_binomial", ("log", "identity"), ("phi",), "count", _negbin),
     FamilySpec("bernoulli", ("logit", "probit"), (), "binary", _bernoulli),

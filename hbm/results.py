@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ DIAGNOSTIC_COLUMNS = ("r_hat", "ess_bulk", "ess_tail")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 ELEMENT_SEP = ","
 # How many float64 numbers one chunk of the summary works on at a time (bounds memory).
-_CHUNK_VALUES = 1 << 22
+_CHUNK_VALUES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -247,12 +248,27 @@ def _split_chains(x):
     return np.concatenate([x[:, :, :half], x[:, :, x.shape[2] - half:]], axis=1)
 
 
-def _z_scale(x):
+def _avg_ranks(flat, order=None):
+    """Ranks 1..n along axis 1, ties sharing their mean rank (scipy's "average")."""
+    k, n = flat.shape
+    if order is None:
+        order = np.argsort(flat, axis=1)
+    s = np.take_along_axis(flat, order, axis=1)
+    pos = np.arange(n)
+    new = np.ones((k, n), bool)
+    np.not_equal(s[:, 1:], s[:, :-1], out=new[:, 1:])
+    start = np.maximum.accumulate(np.where(new, pos, 0), axis=1)
+    last = np.ones((k, n), bool)
+    last[:, :-1] = new[:, 1:]
+    end = np.minimum.accumulate(np.where(last, pos, n - 1)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty((k, n))
+    ranks[np.arange(k)[:, None], order] = (start + end) * 0.5 + 1.0
+    return ranks
+
+
+def _z_from_ranks(ranks, shape):
     from scipy.special import ndtri
-    from scipy.stats import rankdata
-    k, c, n = x.shape
-    ranks = rankdata(x.reshape(k, c * n), method="average", axis=1)
-    return ndtri((ranks - 0.375) / (c * n + 0.25)).reshape(k, c, n)
+    return ndtri((ranks - 0.375) / (ranks.shape[1] + 0.25)).reshape(shape)
 
 
 def _rhat(x):
@@ -269,8 +285,9 @@ def _ess(x):
     k, c, n = x.shape
     size = c * n
     centred = x - x.mean(axis=2, keepdims=True)
-    f = np.fft.rfft(centred, n=next_fast_len(2 * n), axis=2)
-    acov = np.fft.irfft(f * np.conjugate(f), axis=2)[:, :, :n] / n
+    m = next_fast_len(2 * n)
+    f = np.fft.rfft(centred, n=m, axis=2)
+    acov = np.fft.irfft(f.real ** 2 + f.imag ** 2, n=m, axis=2)[:, :, :n] / n
     mean_var = acov[:, :, 0].mean(axis=1) * n / (n - 1.0)
     var_plus = mean_var * (n - 1.0) / n
     if c > 1:
@@ -283,7 +300,7 @@ def _ess(x):
     n_valid = sum(1 for m in range(1, npairs) if 2 * m - 1 < n - 3)  # pairs the scan may reach
     go = pairs[:, :n_valid] > 0                                      # pair m+1 computed iff P_m > 0
     m_last = np.cumprod(go, axis=1).sum(axis=1)                      # pairs computed after P_0
-    running = np.minimum.accumulate(pairs, axis=1)
+    running = np.minimum.accumulate(pairs, axis=1)                   # the monotone sequence
     body = np.where(np.arange(npairs) < m_last[:, None], running, 0.0).sum(axis=1)
     rows = np.arange(k)
     rho_end, p_end = rho[rows, 2 * m_last], pairs[rows, m_last]
@@ -295,51 +312,100 @@ def _ess(x):
     return ess
 
 
-def _diagnostics(x):
-    """r_hat, ess_bulk, ess_tail of each element of ``x`` (elements, chains, draws)."""
+def _quantiles(sorted_flat, probs):
+    """numpy's default ("linear", R type 7) quantiles of each row of a sorted 2-d array."""
+    n = sorted_flat.shape[1]
+    h = (n - 1) * np.asarray(probs, dtype=float)
+    lo = np.floor(h).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    a, b = sorted_flat[:, lo], sorted_flat[:, hi]
+    return a + (h - lo) * (b - a)
+
+
+def _block_stats(x, diag):
+    """Summary columns (mean, sd, q5..q95, r_hat, ess_bulk, ess_tail) of each element of
+    ``x`` (elements, chains, draws); the diagnostics are NaN unless ``diag``."""
     k, c, d = x.shape
-    out = np.full((k, 3), np.nan)
-    ok = np.isfinite(x).all(axis=(1, 2))
-    if d < 4 or not ok.any():
-        return out
-    x = x[ok]
+    out = np.full((k, 10), np.nan)
+    flat = x.reshape(k, c * d)
+    diag = diag and d >= 4
+    if diag and d % 2 == 0:     # the ranks for r_hat/ESS come from the same sort
+        order = np.argsort(flat, axis=1)
+        srt = np.take_along_axis(flat, order, axis=1)
+    else:
+        order, srt = None, np.sort(flat, axis=1)
+    out[:, 0] = flat.mean(axis=1)
+    out[:, 1] = flat.std(axis=1, ddof=1) if c * d > 1 else 0.0
+    out[:, 2:7] = _quantiles(srt, QUANTILES)
+    out[np.isnan(srt[:, -1]), 2:7] = np.nan    # NaN sorts last
+    ok = np.isfinite(srt[:, 0]) & np.isfinite(srt[:, -1])
+    if diag and ok.any():
+        out[ok, 7:] = _diagnostics(x[ok], None if order is None else order[ok], srt[ok])
+    return out
+
+
+def _diagnostics(x, order=None, srt=None):
+    """Rank-normalised split r_hat, bulk and tail ESS of each element of finite ``x``
+    (elements, chains, draws); ``order``/``srt``: argsort and sorted values of the
+    flattened draws when already at hand (``order`` only when draws are even)."""
+    k, c, d = x.shape
+    if srt is None:
+        srt = np.sort(x.reshape(k, -1), axis=1)
     split = _split_chains(x)
-    z = _z_scale(split)
+    if order is not None:   # even draws: the split chains hold the same draws, reordered
+        z = _split_chains(_z_from_ranks(_avg_ranks(x.reshape(k, -1), order), x.shape))
+        mid = srt.shape[1] // 2          # even count: np.median's mean of the middle two
+        median = (srt[:, mid - 1:mid] + srt[:, mid:mid + 1]) / 2.0
+    else:
+        z = _z_from_ranks(_avg_ranks(split.reshape(k, -1)), split.shape)
+        median = np.median(split.reshape(k, -1), axis=1, keepdims=True)
+    out = np.full((k, 3), np.nan)
     if c >= 2:
-        folded = np.abs(split - np.median(split.reshape(len(x), -1), axis=1)[:, None, None])
-        out[ok, 0] = np.maximum(_rhat(z), _rhat(_z_scale(folded)))
-    out[ok, 1] = _ess(z)
-    qs = np.quantile(x.reshape(len(x), -1), [0.05, 0.95], axis=1)
-    out[ok, 2] = np.minimum(*(_ess(_split_chains((x <= q[:, None, None]).astype(float))) for q in qs))
+        folded = np.abs(split - median[:, :, None]).reshape(k, -1)
+        out[:, 0] = np.maximum(_rhat(z), _rhat(_z_from_ranks(_avg_ranks(folded), split.shape)))
+    out[:, 1] = _ess(z)
+    q = _quantiles(srt, [0.05, 0.95])
+    out[:, 2] = np.minimum(*(_ess(_split_chains((x <= q[:, i, None, None]).astype(float)))
+                             for i in range(2)))
     return out
 
 
 # ---------------------------------------------------------------- summary
 
 def summarize(outputs: Outputs, kind: str) -> pd.DataFrame:
-    """One row per parameter element: mean, sd (ddof=1), q5..q95; for ``kind ==
-    "sampler"`` with at least 8 draws in all, also r_hat, ess_bulk, ess_tail."""
+    """One row per parameter element (index "parameter"): mean, sd (ddof=1), q5..q95;
+    for ``kind == "sampler"`` with chains * draws >= 8 also r_hat, ess_bulk, ess_tail
+    (NaN where ArviZ gives NaN: r_hat with one chain, fewer than 4 draws, non-finite
+    draws). ``df.attrs["hbm_vars"]`` lists [variable name, row count] in row order.
+    Chunks of elements run on a thread pool (numpy releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
     diag = kind == "sampler"
-    names, blocks, var_rows = [], [], []
+    names, blocks, var_rows, jobs = [], [], [], []
     for v in outputs.vars:
         c, d = v.values.shape[:2]
-        diag_here = diag and c * d >= 8
         flat = v.values.reshape(c, d, -1)
-        k = flat.shape[2]
         rows = element_names(v, outputs.coords, outputs.plate_dims)
         names += rows
         var_rows.append([var_name(v, outputs.plate_dims), len(rows)])
-        block = np.full((k, len(SUMMARY_COLUMNS) + len(DIAGNOSTIC_COLUMNS)), np.nan)
-        step = max(1, _CHUNK_VALUES // max(1, c * d))
-        for a in range(0, k, step):
-            x = np.ascontiguousarray(np.moveaxis(flat[:, :, a:a + step], 2, 0), dtype=np.float64)
-            s = x.reshape(len(x), -1)
-            block[a:a + step, 0] = s.mean(axis=1)
-            block[a:a + step, 1] = s.std(axis=1, ddof=1) if s.shape[1] > 1 else 0.0
-            block[a:a + step, 2:7] = np.quantile(s, QUANTILES, axis=1).T
-            if diag_here:
-                block[a:a + step, 7:] = _diagnostics(x)
+        block = np.empty((flat.shape[2], 10))
         blocks.append(block)
+        step = max(1, _CHUNK_VALUES // max(1, c * d))
+        for a in range(0, flat.shape[2], step):
+            jobs.append((block, a, flat[:, :, a:a + step], diag and c * d >= 8))
+
+    def run(job):
+        block, a, part, diag_here = job
+        x = np.ascontiguousarray(np.moveaxis(part, 2, 0), dtype=np.float64)
+        block[a:a + len(x)] = _block_stats(x, diag_here)
+
+    workers = min(8, os.cpu_count() or 1, len(jobs))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, jobs))
+    else:
+        for job in jobs:
+            run(job)
+    diag = diag and any(v.values.shape[0] * v.values.shape[1] >= 8 for v in outputs.vars)
     columns = list(SUMMARY_COLUMNS) + (list(DIAGNOSTIC_COLUMNS) if diag else [])
     data = np.concatenate(blocks)[:, :len(columns)] if blocks else np.empty((0, len(columns)))
     df = pd.DataFrame(data, index=pd.Index(names, name="parameter"), columns=columns)
@@ -367,15 +433,22 @@ def _var_groups(df: pd.DataFrame) -> list[tuple[str, int]]:
     return [(k, n) for k, n in groups]
 
 
-def _fmt(x: float, col: str) -> str:
-    if x is None or not np.isfinite(x):
-        return "nan" if x is None or np.isnan(x) else ("inf" if x > 0 else "-inf")
+def _fmt(x: float, col: str, sci: bool) -> str:
+    if not np.isfinite(x):
+        return "nan" if np.isnan(x) else ("inf" if x > 0 else "-inf")
     if col.startswith("ess"):
         return f"{x:,.0f}"
     if col == "r_hat":
         return f"{x:.3f}"
-    ax = abs(x)
-    return f"{x:.3e}" if ax != 0 and (ax >= 1e5 or ax < 1e-3) else f"{x:.3f}"
+    return f"{x:.3e}" if sci else f"{x:.3f}"
+
+
+def _row_cells(row: pd.Series, cols: list[str]) -> list[str]:
+    """One row's cells; a row whose values are all tiny or huge is written in e-notation."""
+    loc = [abs(float(row[c])) for c in ("mean", "sd", "q5", "q95") if c in row.index]
+    scale = max((v for v in loc if np.isfinite(v)), default=1.0)
+    sci = scale >= 1e5 or 0 < scale < 1e-3
+    return [_fmt(float(row[c]), c, sci) for c in cols]
 
 
 def format_summary(df: pd.DataFrame, max_rows: int = 30) -> str:
@@ -397,7 +470,7 @@ def format_summary(df: pd.DataFrame, max_rows: int = 30) -> str:
             lines.append(("more", f"... {n - show:,} more rows of {name} in summary.csv"))
     names = [str(df.index[i]) for kind, i in lines if kind == "row"]
     width = min(48, max([len("parameter")] + [len(x) for x in names]))
-    cells = {i: [_fmt(df.iat[i, df.columns.get_loc(c)], c) for c in cols] for kind, i in lines if kind == "row"}
+    cells = {i: _row_cells(df.iloc[i], cols) for kind, i in lines if kind == "row"}
     cw = [max([len(c)] + [len(cells[i][j]) for i in cells]) for j, c in enumerate(cols)]
     out = ["parameter".ljust(width) + "".join("  " + c.rjust(w) for c, w in zip(cols, cw))]
     out.append("-" * len(out[0]))

@@ -166,7 +166,7 @@ def _read(source: str | os.PathLike) -> tuple[str, Path | None]:
     if isinstance(source, str):
         s = source.strip()
         is_text = not s or "\n" in s or (":" in s and not s.endswith((".yaml", ".yml")))
-        if is_text and not _exists(source):
+        if is_text and not os.path.exists(source):  # False, not an error, for odd strings
             return source, None
     path = Path(source).expanduser()
     if not path.exists():
@@ -182,13 +182,6 @@ def _read(source: str | os.PathLike) -> tuple[str, Path | None]:
         raise HbmError(f"cannot read spec file {path}: {e}", where=str(path)) from None
 
 
-def _exists(s: str) -> bool:
-    try:
-        return os.path.exists(s)
-    except (OSError, ValueError):
-        return False
-
-
 def _parse_yaml(text: str, label: str) -> Any:
     try:
         return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only, never objects
@@ -198,9 +191,16 @@ def _parse_yaml(text: str, label: str) -> Any:
         span = Span(mark.index, mark.index + 1) if mark else None
         raise HbmError(f"the spec is not valid YAML: {e.problem} (line {line}, column {col})",
                        span=span, source=text if span else None, where=label,
-                       hint=e.context if e.context and e.context != e.problem else None) from None
+                       hint=_context(e)) from None
     except yaml.YAMLError as e:
         raise HbmError(f"the spec is not valid YAML: {e}", where=label) from None
+
+
+def _context(e: yaml.MarkedYAMLError) -> str | None:
+    if not e.context or e.context == e.problem:
+        return None
+    m = e.context_mark
+    return f"{e.context} that starts at line {m.line + 1}, column {m.column + 1}" if m else e.context
 
 
 def load_spec(source, base_dir: str | os.PathLike | None = None) -> Spec:
@@ -242,7 +242,8 @@ _BOOL_HINT = "true/false is a boolean, not a number"
 
 
 def _kind(v) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(type(v), type(v).__name__)
+    kinds = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return kinds.get(type(v), type(v).__name__)
 
 
 def _show(v) -> str:
@@ -420,13 +421,9 @@ class _Builder:
     def build(self, raw: dict, base_dir, source_path: str | None) -> Spec:
         d = self.section(raw, "spec")
         self.unknown(d, _TOP)
-        formula = d.get("formula")
-        if formula is None:
+        if d.get("formula") is None:
             self.add("the spec has no 'formula'", "formula", "e.g. formula: y ~ x + (1 | g)")
-            formula = ""
-        elif not isinstance(formula, str) or not formula.strip():
-            self.add(f"formula must be a non-empty string, got {_show(formula)}", "formula")
-        formula = formula.strip() if isinstance(formula, str) else ""
+        formula = self.take(d, "formula", _text, "") if d.get("formula") is not None else ""
         kw: dict[str, Any] = {
             "name": self.take(d, "name", _text, "model"),
             "family": self.take(d, "family", _optional(_choice(FAMILIES, FAMILY_ALIASES)), None),
@@ -462,7 +459,7 @@ class _Builder:
             b = self.take({k: v}, k, _choice(BOUNDS), None, "bounds.")
             if b is not None:
                 bounds.append((k, b))
-        simulate = self.simulate(d["simulate"]) if "simulate" in d and d["simulate"] is not None else None
+        simulate = None if d.get("simulate") is None else self.simulate(d["simulate"])
         inference = self.inference(d.get("inference"))
         self.probs.raise_if_any()
         return Spec(formula=formula, priors=tuple(priors), params=tuple(params), bounds=tuple(bounds),

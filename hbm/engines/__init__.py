@@ -1,0 +1,12 @@
+"""Inference engines: one module per algorithm, found by name through the ``hbm.engines`` entry points.
+
+    >>> from hbm.engines import get_engine, FitProblem
+    >>> get_engine("svi").name
+    'svi'
+"""
+from .base import Engine, EngineResult, FitProblem, latent_site_names
+from .optim import build_optimizer, build_optax
+from .registry import available_engines, get_engine
+
+__all__ = ["Engine", "EngineResult", "FitProblem", "available_engines", "build_optax",
+           "build_optimizer", "get_engine", "latent_site_names"]

@@ -9,9 +9,12 @@ How it runs, for speed:
 
 - Initialisation is one jitted call (``svi.init`` op by op takes tens of
   seconds on large models).
-- Steps run in jitted blocks (a ``lax.while_loop`` of at most ``block`` steps,
-  the state donated), compiled once ahead of time; ``progress`` is called after
-  each block with the block's mean loss.
+- Steps run in jitted blocks (a ``lax.while_loop`` of at most ``block`` steps
+  that exits at the first non-finite loss), compiled once ahead of time;
+  ``progress`` is called after each block with the block's mean loss. The
+  state is not donated: the block's starting state is kept so that a
+  non-finite loss can be traced back to the last good parameters (the state
+  is small beside the data).
 - NumPyro guides keep per-trace state (their prototype trace), so every jitted
   function builds its own guide and SVI inside its trace; only the SVI state
   (a pytree of arrays) crosses between them. The set-up work each one repeats
@@ -21,10 +24,10 @@ Stopping rule: after each block, the block's mean loss ``m_k`` is compared with
 the previous block's: ``|m_k - m_{k-1}| / max(|m_{k-1}|, 1) < tolerance`` on
 two consecutive blocks stops the fit as converged. ``tolerance: 0`` runs all
 ``steps``. The block (the window) is ``steps // 20`` clamped to [50, 500]
-steps (``options: {block: N}`` overrides). A step whose loss or new
-parameters are not finite is not applied: the fit stops there and raises
-:class:`HbmError` naming the step, with the last good parameters as
-``err.last_state`` and the loss history as ``err.loss``.
+steps (``options: {block: N}`` overrides). At the first step whose loss is
+not finite the fit stops and raises :class:`HbmError` naming the step, with
+the last parameters that gave a finite loss as ``err.last_state`` (constrained
+guide parameters, NumPy) and the loss history as ``err.loss``.
 """
 from __future__ import annotations
 
@@ -106,7 +109,7 @@ class SVIFit:
     loss: np.ndarray
     info: dict
     timings: dict
-    in_trace: Callable  # in_trace(fn)(state) -> fn(svi, params, kwargs), jitted with a fresh SVI
+    in_trace: Callable  # in_trace(fn, fast=True)(state) -> fn(svi, params, kwargs), compiled with a fresh SVI
 
 
 def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
@@ -135,12 +138,11 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
         svi.init(jax.random.PRNGKey(0), **kw)
         return svi
 
-    def in_trace(fn: Callable) -> Callable:
+    def in_trace(fn: Callable, fast: bool = True) -> Callable:
         def run(state, dyn_):
             svi = traced_svi(rebuild(dyn_))
             return fn(svi, svi.get_params(state), rebuild(dyn_))
-        jitted = jax.jit(run)
-        return lambda state: jitted(state, dyn)
+        return lambda state: compile_once(run, state, dyn, fast=fast)(state, dyn)
 
     def init(key, dyn_):
         svi = SVI(model, factory(model, init_to_median(num_samples=15)), optim, elbo)
@@ -151,23 +153,22 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
         svi = traced_svi(kw)
 
         def body(c):
-            i, st, losses, bad = c
-            new, loss = svi.update(st, **kw)
-            ok = jnp.isfinite(loss) & _all_finite(svi.optim.get_params(new.optim_state))
-            st = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, st)
-            return i + 1, st, losses.at[i].set(loss), jnp.where(ok, bad, i)
+            i, st, losses, _ = c
+            st, loss = svi.update(st, **kw)
+            return i + 1, st, losses.at[i].set(loss), jnp.isfinite(loss)
 
-        carry = (jnp.int32(0), state, jnp.full((size,), jnp.nan), jnp.int32(-1))
-        _, state, losses, bad = lax.while_loop(lambda c: (c[0] < n) & (c[3] < 0), body, carry)
-        return state, losses, bad
+        carry = (jnp.int32(0), state, jnp.full((size,), jnp.nan), jnp.bool_(True))
+        i, state, losses, _ = lax.while_loop(lambda c: (c[0] < n) & c[3], body, carry)
+        return state, losses, i
 
     t0 = time.perf_counter()
-    state = jax.jit(init)(jax.random.PRNGKey(int(config.seed)), dyn)
-    jax.block_until_ready(state); import os
-    if os.environ.get("HBM_DEBUG"): print("init", time.perf_counter() - t0)
+    key = jax.random.PRNGKey(int(config.seed))
+    state = compile_once(init, key, dyn, fast=True)(key, dyn)
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t0
     if on_init is not None:
         on_init(state)
-    step_block = jax.jit(block, donate_argnums=0).lower(state, dyn, np.int32(size)).compile()
+    step_block = compile_once(block, state, dyn, np.int32(size))
     compile_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -176,13 +177,14 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     stop = "max_steps"
     while done < steps:
         n = min(size, steps - done)
-        state, losses, bad = step_block(state, dyn, np.int32(n))
-        bad = int(bad)
-        if bad >= 0:
-            history.append(np.asarray(losses, np.float64)[: bad + 1])
-            _raise_non_finite(done + bad + 1, state, np.concatenate(history), in_trace)
-        losses = np.asarray(losses, np.float64)[:n]
+        start, (state, losses, ran) = state, step_block(state, dyn, np.int32(n))
+        losses = np.asarray(losses, np.float64)[: int(ran)]
         history.append(losses)
+        if not np.isfinite(losses[-1]):
+            # losses[j] is evaluated at the j-th state of the block: replay to the last finite one
+            k = len(losses) - 2
+            good = start if k <= 0 else step_block(start, dyn, np.int32(k))[0]
+            _raise_non_finite(done + len(losses), good, np.concatenate(history), in_trace)
         done += n
         mean = float(losses.mean())
         if progress is not None:
@@ -203,16 +205,22 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
         "optimizer": str(getattr(config, "optimizer", "adam(lr=0.01)")),
         "steps_per_s": done / fit_s if fit_s > 0 else None,
     }
-    return SVIFit(state, loss, info, {"compile_s": compile_s, "fit_s": fit_s}, in_trace)
+    return SVIFit(state, loss, info, {"init_s": init_s, "compile_s": compile_s, "fit_s": fit_s}, in_trace)
 
 
-def _all_finite(tree) -> Any:
+def compile_once(fn: Callable, *args, fast: bool = False, donate: tuple = ()):
+    """``jit(fn)`` compiled ahead of time for ``args``.
+
+    ``fast`` trades run speed for compile speed (about 2x on CPU): for the
+    functions run once (initialisation, drawing from the guide), not for the step loop.
+    """
     import jax
-    import jax.numpy as jnp
 
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+    opts = FAST_COMPILE if fast and jax.default_backend() == "cpu" else None
+    return jax.jit(fn, donate_argnums=donate).lower(*args).compile(compiler_options=opts)
+
+
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _raise_non_finite(step: int, state, loss: np.ndarray, in_trace: Callable):
@@ -237,7 +245,7 @@ def latent_names(guide) -> list[str]:
             and not s.get("infer", {}).get("is_auxiliary", False)]
 
 
-def guide_draws(fit: SVIFit, seed: int, draws: int, *, per_draw: Callable | None = None):
+def guide_draws(fit: SVIFit, seed: int, draws: int, *, per_draw: Callable | None = None, fast: bool = True):
     """``draws`` samples of every latent site from the fitted guide: ``(1, draws, *shape)`` NumPy arrays.
 
     Samples come from running the guide itself (not the model), so no model is
@@ -274,7 +282,7 @@ def guide_draws(fit: SVIFit, seed: int, draws: int, *, per_draw: Callable | None
         out = jax.lax.map(lambda a: jax.vmap(one)(*a), (jax.tree.map(fold, pad), fold(keys)))
         return {n: v.reshape((nb * chunk,) + v.shape[2:])[:draws] for n, v in out.items()}, extra
 
-    out, extra = fit.in_trace(fn)(fit.state)
+    out, extra = fit.in_trace(fn, fast=fast)(fit.state)
     return {k: np.asarray(v)[None] for k, v in out.items()}, extra
 
 

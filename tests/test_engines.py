@@ -1,0 +1,262 @@
+"""Inference engines against posteriors known exactly, plus the optimizer builder and the registry."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+from hbm.engines import Engine, FitProblem, available_engines, build_optax, build_optimizer, get_engine
+from hbm.engines import registry
+from hbm.errors import HbmError
+from hbm.parse import parse_call
+
+
+@dataclass(frozen=True)
+class Inference:
+    """Stand-in for hbm.spec.InferenceSpec (same field names)."""
+
+    engine: str = "svi"
+    guide: str = "normal"
+    rank: int | None = None
+    loss: str = "elbo"
+    alpha: float = 0.5
+    particles: int = 1
+    optimizer: Any = field(default_factory=lambda: parse_call("adam(lr=exponential_decay(0.05, 400, 0.1))"))
+    steps: int = 2000
+    tolerance: float = 0.0
+    draws: int = 1000
+    seed: int = 0
+    warmup: int = 300
+    samples: int = 500
+    chains: int = 2
+    target_accept: float = 0.8
+    max_tree_depth: int = 8
+    options: tuple = ()
+
+
+# ------------------------------------------------------------------ conjugate normal: exact posterior
+PRIOR_SD, N = 2.0, 20
+Y = np.random.default_rng(1).normal(0.7, 1.0, N).astype(np.float32)
+POST_VAR = 1.0 / (1.0 / PRIOR_SD**2 + N)
+POST_MEAN = POST_VAR * Y.sum()  # prior mean 0, known unit noise sd
+POST_SD = np.sqrt(POST_VAR)
+
+
+def conjugate(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, PRIOR_SD))
+    with numpyro.plate("n", y.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+CONJ = FitProblem(conjugate, {"y": jnp.asarray(Y)})
+
+
+@pytest.fixture(scope="module")
+def svi_fit():
+    return get_engine("svi").fit(CONJ, Inference(particles=4))
+
+
+def test_svi_normal_guide_matches_exact_posterior(svi_fit):
+    mu = svi_fit.samples["mu"]
+    assert mu.shape == (1, 1000)
+    assert set(svi_fit.samples) == {"mu"}  # the observed site is not a latent
+    assert abs(mu.mean() - POST_MEAN) < 0.03
+    assert abs(mu.std() / POST_SD - 1) < 0.08
+    assert svi_fit.loss.dtype == np.float64 and np.isfinite(svi_fit.loss).all()
+    assert {"compile_s", "fit_s", "sample_s"} <= set(svi_fit.timings)
+
+
+def test_tolerance_zero_runs_every_step(svi_fit):
+    info = svi_fit.info
+    assert info["steps_run"] == 2000 and len(svi_fit.loss) == 2000
+    assert info["converged"] is False and info["stop_reason"] == "max_steps"
+    assert info["engine"] == "svi" and info["guide"] == "normal" and info["particles"] == 4
+
+
+def test_nuts_matches_exact_posterior():
+    r = get_engine("nuts").fit(CONJ, Inference(warmup=200, samples=400))
+    mu = r.samples["mu"]
+    assert mu.shape == (2, 400)
+    mc_error = POST_SD / np.sqrt(400)  # per chain; both chains together are better than this
+    assert abs(mu.mean() - POST_MEAN) < 4 * mc_error
+    assert abs(mu.std() / POST_SD - 1) < 0.15
+    assert set(r.sample_stats) == {"diverging", "accept_prob", "num_steps", "energy", "step_size"}
+    assert all(v.shape == (2, 400) for v in r.sample_stats.values())
+    assert r.info["num_divergences"] == 0 and r.loss is None
+    assert 0.5 < r.info["mean_accept_prob"] <= 1
+
+
+def test_map_is_the_exact_mode():
+    r = get_engine("map").fit(CONJ, Inference(steps=1500))
+    assert r.samples["mu"].shape == (1, 1)
+    np.testing.assert_allclose(r.samples["mu"][0, 0], POST_MEAN, atol=2e-3)
+    assert r.info["engine"] == "map" and len(r.loss) == 1500
+
+
+def test_laplace_sd_matches_exact():
+    r = get_engine("laplace").fit(CONJ, Inference(steps=1500, draws=2000))
+    mu = r.samples["mu"]
+    assert mu.shape == (1, 2000)
+    assert abs(mu.mean() - POST_MEAN) < 0.03
+    assert abs(mu.std() / POST_SD - 1) < 0.06
+    assert r.info["latent_dim"] == 1
+
+
+def test_laplace_refuses_too_many_dimensions():
+    with pytest.raises(HbmError, match="latent dimensions") as e:
+        get_engine("laplace").fit(CONJ, Inference(steps=10, options=(("max_latent", 0),)))
+    assert "svi" in e.value.problems[0].hint
+
+
+# ------------------------------------------------------------------ eight schools: a plate, every guide
+SCHOOLS_Y = jnp.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+SCHOOLS_SE = jnp.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+
+
+def eight_schools(y, sigma):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+    with numpyro.plate("school", y.shape[0]):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        theta = numpyro.deterministic("theta", mu + tau * z)
+        numpyro.sample("y", dist.Normal(theta, sigma), obs=y)
+
+
+@pytest.mark.parametrize("guide,loss,particles", [
+    ("normal", "elbo", 1), ("lowrank", "elbo", 1), ("mvn", "elbo", 1), ("delta", "elbo", 1),
+    ("normal", "renyi", 4),
+])
+def test_eight_schools_every_guide(guide, loss, particles):
+    cfg = Inference(guide=guide, rank=2 if guide == "lowrank" else None, loss=loss, particles=particles,
+                    steps=400, draws=200, optimizer=parse_call("adam(lr=0.02)"))
+    r = get_engine("svi").fit(FitProblem(eight_schools, {"y": SCHOOLS_Y, "sigma": SCHOOLS_SE}), cfg)
+    assert set(r.samples) == {"mu", "tau", "z"}  # deterministic theta and observed y left out
+    assert r.samples["mu"].shape == (1, 200) and r.samples["z"].shape == (1, 200, 8)
+    assert all(np.isfinite(v).all() for v in r.samples.values())
+    assert (r.samples["tau"] > 0).all()
+    assert -10 < r.samples["mu"].mean() < 15
+    assert r.info["guide"] == guide and r.info["loss"] == loss and len(r.loss) == 400
+    spread = r.samples["mu"].std()
+    assert (spread == 0) if guide == "delta" else (spread > 0.1)
+
+
+# ------------------------------------------------------------------ stopping
+def test_early_stopping_before_steps():
+    cfg = Inference(steps=20000, tolerance=0.01, particles=4, optimizer=parse_call("adam(lr=0.05)"))
+    seen = []
+    r = get_engine("svi").fit(CONJ, cfg, progress=lambda step, total, loss: seen.append((step, total, loss)))
+    assert r.info["converged"] is True and r.info["stop_reason"] == "converged"
+    assert r.info["steps_run"] < 20000 and len(r.loss) == r.info["steps_run"]
+    assert seen and seen[-1][0] == r.info["steps_run"] and seen[-1][1] == 20000
+    assert all(np.isfinite(loss) for _, _, loss in seen)
+
+
+def blows_up():
+    x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+    # pulls x towards 10, and the density is undefined beyond 3
+    numpyro.factor("f", jnp.where(x > 3.0, jnp.nan, -0.5 * (x - 10.0) ** 2))
+
+
+def test_non_finite_loss_names_the_step():
+    cfg = Inference(guide="delta", steps=300, optimizer=parse_call("adam(lr=0.1)"))
+    with pytest.raises(HbmError, match=r"non-finite at step \d+") as e:
+        get_engine("svi").fit(FitProblem(blows_up, {}), cfg)
+    err = e.value
+    assert 10 < err.step < 300 and len(err.loss) == err.step
+    assert np.isfinite(err.loss[:-1]).all() and not np.isfinite(err.loss[-1])
+    assert 2.0 < float(err.last_state["x_auto_loc"]) <= 3.0  # the last parameters with a finite loss
+    assert "learning rate" in err.problems[0].hint
+
+
+# ------------------------------------------------------------------ optimizers
+def test_adam_builds():
+    opt = build_optimizer(parse_call("adam(lr=0.01)"))
+    assert type(opt).__name__ == "_NumPyroOptim"
+    assert build_optimizer("adam(0.01)") is not None
+
+
+def _sgd_steps(text, n):
+    tx = build_optax(text)
+    p = jnp.zeros(()); state = tx.init(p); moves = []
+    for _ in range(n):
+        u, state = tx.update(jnp.ones(()), state, p)
+        moves.append(float(-u))
+    return moves
+
+
+def test_schedule_positional_and_keyword():
+    pos = _sgd_steps("sgd(lr=exponential_decay(0.1, 10, 0.5, staircase=true))", 12)
+    kw = _sgd_steps("sgd(learning_rate=exponential_decay(init_value=0.1, transition_steps=10, "
+                    "decay_rate=0.5, staircase=true))", 12)
+    assert pos == kw
+    np.testing.assert_allclose(pos[:10], 0.1, rtol=1e-6)
+    np.testing.assert_allclose(pos[10:], 0.05, rtol=1e-6)
+
+
+def test_adamw_with_decay_and_clip():
+    tx = build_optax("adamw(lr=exponential_decay(0.01, 1000, 0.9), weight_decay=1e-4, clip=1.0)")
+    p = {"a": jnp.ones(3)}
+    u, _ = tx.update({"a": jnp.full(3, 100.0)}, tx.init(p), p)
+    assert np.all(np.abs(np.asarray(u["a"])) < 0.02)
+    assert build_optimizer("adam(lr=warmup_cosine_decay_schedule(0, 0.1, 100, 1000))") is not None
+
+
+@pytest.mark.parametrize("text,message,hint", [
+    ("adma(lr=0.01)", "unknown optimizer 'adma'", "did you mean 'ada"),
+    ("adam(lr=expo_decay(0.1, 10, 0.5))", "unknown learning-rate schedule 'expo_decay'",
+     "did you mean 'exponential_decay'?"),
+    ("adam(lr=0.01, beta1=0.9)", "bad arguments to adam()", "b1"),
+    ("adam(lr=0.01, clip=0)", "'clip' must be a positive number", "clip=10"),
+])
+def test_optimizer_errors(text, message, hint):
+    with pytest.raises(HbmError) as e:
+        build_optimizer(text)
+    assert message in e.value.message and hint in e.value.problems[0].hint
+
+
+# ------------------------------------------------------------------ registry
+def test_builtin_engines_registered():
+    assert {"svi", "map", "laplace", "nuts"} <= set(available_engines())
+    for name in ("svi", "map", "laplace", "nuts"):
+        engine = get_engine(name)
+        assert isinstance(engine, Engine) and engine.name == name
+
+
+def test_unknown_engine_suggests():
+    with pytest.raises(HbmError, match="unknown engine 'nutz'") as e:
+        get_engine("nutz")
+    assert "did you mean 'nuts'?" in e.value.problems[0].hint
+
+
+class _FakeEntryPoint:
+    def __init__(self, name, target):
+        self.name, self.value, self.group, self._target = name, f"fake_pkg:{name}", registry.GROUP, target
+
+    def load(self):
+        if isinstance(self._target, Exception):
+            raise self._target
+        return self._target
+
+
+class _EchoEngine:
+    name = "echo"
+
+    def fit(self, problem, config, progress=None):
+        from hbm.engines import EngineResult
+        return EngineResult(samples={}, info={"engine": self.name})
+
+
+def test_plugin_engine_from_entry_point(monkeypatch):
+    fakes = [_FakeEntryPoint("echo", _EchoEngine), _FakeEntryPoint("broken", ImportError("no module 'x'"))]
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep for ep in fakes if group == ep.group])
+    assert {"echo", "broken", "svi", "nuts"} <= set(available_engines())
+    engine = get_engine("echo")
+    assert isinstance(engine, _EchoEngine) and engine.fit(CONJ, Inference()).info["engine"] == "echo"
+    with pytest.raises(HbmError, match=re.escape("engine 'broken' failed to load from entry point 'fake_pkg:broken'")):
+        get_engine("broken")
