@@ -64,7 +64,7 @@ def _bernoulli(eta, link, aux, extra):
 
 
 def _binomial(eta, link, aux, extra):
-    n = extra["trials"]
+    n = jnp.asarray(extra["trials"]).astype(jnp.int32)
     if link == "logit":
         return dist.BinomialLogits(eta, total_count=n)
     return dist.BinomialProbs(jnp.clip(_mean(eta, link), 1e-7, 1 - 1e-7), total_count=n)
@@ -138,5 +138,5 @@ def infer_family(link: str | None, y: np.ndarray, has_trials: bool) -> str:
     if link == "log" and integer and (y >= 0).all():
         return "poisson"
     if link == "log" and (y > 0).all():
-        return "gamma"
+        return "lognormal"  # log(y) of positive measurements: a normal model of log(y)
     return "normal"

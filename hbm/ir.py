@@ -180,16 +180,20 @@ class ModelIR:
                f"family    {self.family.name} (link: {self.family.link})"
                + ("  [inferred from the data]" if self.family.inferred else ""),
                f"effects   {'non-centred' if self.noncentered else 'centred'}"]
-        out.append("plates")
         parents = dict(self.nestings)
+        if self.plates:
+            out.append("plates")
         for p in self.plates:
             within = f"  within {parents[p.name]}" if p.name in parents else ""
             out.append(f"  {p.name:<24} {p.size:>9,} levels{within}")
-        out.append("population-level")
+        if self.population:
+            out.append("population-level")
         for t in self.population:
-            shape = f"[{len(t.levels)}]" if t.is_vector else ""
             role = "  (top of its chain)" if t.in_chain else ""
-            out.append(f"  {t.name + shape:<32} ~ {t.prior}{role}")
+            out.append(f"  {t.name:<32} {_dist(t.prior)}{role}")
+            if t.is_vector:
+                shown = ", ".join(t.levels[:8]) + (f", ... ({len(t.levels)} in all)" if len(t.levels) > 8 else "")
+                out.append(f"    levels: {shown}")
         if self.chains:
             out.append("chains (innermost first)")
             for c in self.chains:
@@ -197,19 +201,23 @@ class ModelIR:
                 links = " <- ".join(f"{c.site(p)}" for p in reversed(c.plates))
                 out.append(f"  {c.term}: {top} <- {links}")
                 for k, p in enumerate(c.plates):
-                    out.append(f"    {c.sd_name(k):<30} ~ {c.sd_priors[k]}")
+                    out.append(f"    {c.sd_name(k):<30} {_dist(c.sd_priors[k])}")
         if self.groups:
             out.append("group-level")
             for b in self.groups:
                 out.append(f"  ({b.label})")
                 for k in range(len(b.columns)):
-                    out.append(f"    {b.sd_name(k):<30} ~ {b.sd_priors[k]}")
+                    out.append(f"    {b.sd_name(k):<30} {_dist(b.sd_priors[k])}")
                 if b.cor_prior is not None:
-                    out.append(f"    {b.cor_name:<30} ~ {b.cor_prior}")
+                    out.append(f"    {b.cor_name:<30} {_dist(b.cor_prior)}")
         if self.offsets:
             out.append("offsets   " + ", ".join(str(o) for o in self.offsets))
         if self.family.params:
             out.append("family parameters")
             for fp in self.family.params:
-                out.append(f"  {fp.name:<32} ~ {fp.prior}")
+                out.append(f"  {fp.name:<32} {_dist(fp.prior)}")
         return "\n".join(out)
+
+
+def _dist(prior: PriorLike) -> str:
+    return f"= {prior}" if isinstance(prior, Fixed) else f"~ {prior}"

@@ -7,6 +7,7 @@ Any failure is an :class:`HbmError` with a caret under the problem.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,10 @@ class _ToAst(Transformer):
         return A.Var(str(items[0]), span=_span(meta))
 
     def num(self, meta, items):
-        return A.Num(float(items[0]), span=_span(meta))
+        value = float(items[0])
+        if not math.isfinite(value):
+            self._err(f"the number {items[0]} is too large", _span(meta))
+        return A.Num(value, span=_span(meta))
 
     def call(self, meta, items):
         name, arg = items
@@ -223,7 +227,9 @@ def _parse(text: str, start: str):
             pos = len(text.rstrip())
             raise HbmError(f"the {where} ends too early", span=Span(pos, pos + 1), source=text,
                            where=where, hint=_expected_hint(e.expected)) from None
-        raise HbmError(f"unexpected {_TOKEN_WORDS.get(tok.type, repr(str(tok)))}"
+        word = _TOKEN_WORDS.get(tok.type, repr(str(tok)))
+        word = word[2:] if word.startswith("a ") else word
+        raise HbmError(f"unexpected {word}"
                        + (f" '{tok}'" if tok.type in ("NAME", "NUMBER", "SIGNED_NUMBER") else ""),
                        span=Span(tok.start_pos, tok.end_pos or tok.start_pos + 1), source=text,
                        where=where, hint=_expected_hint(e.expected)) from None

@@ -67,8 +67,12 @@ class _Resolver:
         if top.intercept:
             population.append(ir.PopulationTerm("Intercept", (ir.INTERCEPT,), self.scale.intercept_prior()))
         terms = list(top.terms)
+        spanned = top.intercept  # the constant is in the column space (R: only the first factor is fully coded)
         for term in terms:
-            population.append(self.population_term(term, terms, top.intercept))
+            cols, labels = self.columns(term, terms, spanned)
+            spanned = spanned or (len(term) == 1 and bool(labels))
+            population.append(ir.PopulationTerm(term_name(term), cols, self.scale.coef_prior(self.sd_x(cols)),
+                                                labels))
 
         plates: dict[str, ir.Plate] = {}
         nestings: list[tuple[str, str]] = []
@@ -79,8 +83,9 @@ class _Resolver:
                 raise self.err(f"'{c.term}' has two chains; give each coefficient one chain", node,
                                hint="add further groups to the same chain, e.g. x | g1/g2/g3")
             seen_chain_terms[c.term] = node
-        groups = [b for g in top.groups for b in self.group_blocks(g, plates)]
-        self.check_duplicate_values(chains, groups, top)
+        placed = [(b, g) for g in top.groups for b in self.group_blocks(g, plates)]
+        self.check_duplicate_values(list(zip(chains, top.chains)) + placed)
+        groups = [b for b, _ in placed]
 
         fam_params = tuple(ir.FamilyParam(p, self.scale.family_prior(p)) for p in FAMILIES[fam].params
                            if not (p == "sigma" and response.se))
@@ -199,10 +204,6 @@ class _Resolver:
             labels.append(":".join(lab for _, lab in combo if lab))
         return tuple(cols), (tuple(labels) if has_factor else ())
 
-    def population_term(self, term: Term, all_terms: list[Term], intercept: bool) -> ir.PopulationTerm:
-        cols, labels = self.columns(term, all_terms, intercept)
-        return ir.PopulationTerm(term_name(term), cols, self.scale.coef_prior(self.sd_x(cols)), labels)
-
     def sd_x(self, cols: tuple[ir.DesignColumn, ...]) -> float:
         sds = [float(np.std(column_values(c, self.info))) for c in cols if not c.is_intercept]
         sds = [s for s in sds if s > 0]
@@ -211,6 +212,8 @@ class _Resolver:
     # ------------------------------------------------------------------ group terms and chains
     def plate(self, gf: A.GroupFactor, plates: dict[str, ir.Plate]) -> ir.Plate:
         name = ":".join(gf.names)
+        if len(set(gf.names)) < len(gf.names):
+            raise self.err(f"grouping factor '{name}' names a column twice", gf)
         if name not in plates:
             for n in gf.names:
                 self.info.require(n, gf.span)
@@ -222,8 +225,10 @@ class _Resolver:
         body = self.split(g.body, allow_special=False)
         terms = list(body.terms)
         cols: list[ir.DesignColumn] = [ir.INTERCEPT] if body.intercept else []
+        spanned = body.intercept
         for t in terms:
-            c, _ = self.columns(t, terms, body.intercept)
+            c, labels = self.columns(t, terms, spanned)
+            spanned = spanned or (len(t) == 1 and bool(labels))
             cols.extend(c)
         if not cols:
             raise self.err("this group term has no terms", g)
@@ -283,25 +288,33 @@ class _Resolver:
             for b in bad[:3]:
                 outs = [lo[o] for o in pairs[pairs[:, 0] == b, 1]]
                 shown.append(f"{inner.name} {li[b]} is in {len(outs)} {outer.name} levels ({', '.join(outs[:4])})")
-            rev = f"{outer.name}/{inner.name}"
+            better = self.nested_order(node)
             self.problems.add(
                 f"'{inner.name}' is not nested in '{outer.name}': {len(bad)} levels break it; "
                 + "; ".join(shown), span=node.group.span, source=self.src, where="formula",
-                hint=f"a chain lists the innermost group first; did you mean '{node.term} | {rev}'?"
-                if _nested(co, ci) else "each level must sit inside exactly one level of the next group")
+                hint=f"a chain lists the innermost group first; did you mean '{node.term} | {better}'?"
+                if better else "each level must sit inside exactly one level of the next group")
             self.problems.raise_if_any()
 
-    def check_duplicate_values(self, chains, groups, top: _Terms) -> None:
-        seen = {}
-        for c in chains:
-            for p in c.plates:
-                seen[(c.term, p)] = c
-        for b in groups:
-            for col in b.columns:
-                if (col.name, b.plate) in seen:
-                    raise self.err(f"'{col.name}' varies by '{b.plate}' twice (a chain and a group term)",
-                                   next(g for g in top.groups))
-                seen[(col.name, b.plate)] = b
+    def nested_order(self, node: A.Chain) -> str | None:
+        """The chain's groups ordered finest first, if that order is nested in the data."""
+        factors = sorted(node.group.factors, key=lambda f: -len(self.info.levels(f.names)[1]))
+        codes = [self.info.levels(f.names)[0] for f in factors]
+        if all(_nested(a, b) for a, b in zip(codes, codes[1:])):
+            return "/".join(str(f) for f in factors)
+        return None
+
+    def check_duplicate_values(self, placed: list) -> None:
+        """Each coefficient varies by a plate at most once (one chain or one group term)."""
+        seen: dict[tuple[str, str], object] = {}
+        for item, node in placed:
+            pairs = [(item.term, p) for p in item.plates] if isinstance(item, ir.Chain) \
+                else [(c.name, item.plate) for c in item.columns]
+            for name, plate in pairs:
+                if (name, plate) in seen and seen[(name, plate)] is not node:
+                    raise self.err(f"'{name}' varies by '{plate}' twice", node,
+                                   hint="each coefficient may vary by a grouping factor in one term only")
+                seen[(name, plate)] = node
 
     # ------------------------------------------------------------------ response and family
     def response(self):
@@ -328,9 +341,9 @@ class _Resolver:
         inferred = name is None
         if inferred:
             name = "binomial" if trials is not None else infer_family(link, y, False)
-            if self.f.lhs.link == "log" and name == "normal":
-                name = "lognormal"
         spec = FAMILIES[name]
+        if name == "lognormal" and link == "log":
+            link = "identity"  # log(y) ~ ... with lognormal: the predictor is the location of log(y)
         if self.f.lhs.additions and any(a.kind == "trials" for a in self.f.lhs.additions) and name != "binomial":
             self.problems.add(f"trials() is for the binomial family, not {name}", span=self.f.lhs.span,
                               source=self.src, where="formula")
@@ -348,7 +361,8 @@ class _Resolver:
         why = check_response(spec.support, y, trials)
         if why:
             self.problems.add(f"response '{self.f.lhs.column}' {why}", where=f"column '{self.f.lhs.column}'",
-                              hint=f"check the data or choose another family than {name}")
+                              hint=f"check the data or choose another family than {name}"
+                              + (" (inferred from the link and the data; set 'family:')" if inferred else ""))
         return name, link or spec.default_link, inferred
 
 
@@ -364,6 +378,8 @@ class _LinkScale:
             self.m, self.s, self.sd_y = float(y.mean()), float(y.std()) or 1.0, float(y.std()) or 1.0
         elif link == "log":
             self.m, self.s, self.sd_y = float(np.log(max(y.mean(), 1e-3))), 1.0, 1.0
+        elif link == "inverse":
+            self.m, self.s, self.sd_y = float(1.0 / y.mean()) if y.mean() != 0 else 1.0, 1.0, 1.0
         else:
             self.m, self.s, self.sd_y = 0.0, 1.0, 1.0
 
@@ -420,7 +436,7 @@ def apply_priors(model: ir.ModelIR, priors: tuple) -> ir.ModelIR:
                 raise HbmError(f"a correlation cannot be fixed to a number ('{name}')", where=f"priors: {name}")
             check_fixed(p, sup, where=f"priors: {name}")
         else:
-            to_distribution(p, sup, dim, where=f"priors: {name}")
+            to_distribution(p, sup, dim, where=name)
         return p
 
     pop = tuple(ir.PopulationTerm(t.name, t.columns, pick(t.name, t.prior), t.levels, t.in_chain)

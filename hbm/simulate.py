@@ -145,8 +145,9 @@ def _levels(col, how, n, rng, data, parents) -> np.ndarray:
     width = len(str(k - 1))
     names = np.array([f"{col[:1]}{i:0{width}d}" for i in range(k)])
     within = how.get("within")
+    codes = rng.permutation(np.resize(np.arange(k), n))  # balanced: every level appears
     if within is None:
-        codes = rng.integers(0, k, n)
+        pass
     else:
         if within not in data:
             raise HbmError(f"simulate.columns.{col}: 'within: {within}' names no grouping column",
@@ -154,7 +155,6 @@ def _levels(col, how, n, rng, data, parents) -> np.ndarray:
         parent_names = np.unique(data[within])
         owner = np.concatenate([np.arange(len(parent_names)),
                                 rng.integers(0, len(parent_names), max(0, k - len(parent_names)))])[:k]
-        codes = rng.integers(0, k, n)
         data[within] = parent_names[owner[codes]]
     return names[codes]
 

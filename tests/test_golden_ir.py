@@ -335,16 +335,12 @@ def test_meaning_se_replaces_sigma():
 
 
 # ---------------------------------------------------------------- known bugs (see the report)
-@pytest.mark.xfail(strict=True, reason="without an intercept every factor main effect gets full "
-                   "coding; only the first should (lme4/R): '0 + region + h' is rank deficient")
 def test_only_the_first_factor_is_fully_coded_without_intercept():
     p = _pop(_ir("y ~ 0 + region + h"))
     assert len(p["region"].levels) == 3
     assert len(p["h"].levels) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="check_duplicate_values points at the first group term of "
-                   "the formula, not at the term that repeats")
 def test_duplicate_varying_term_points_at_the_duplicate():
     f = "y ~ (1 | h) + (1 | g) + 1 | g"
     with pytest.raises(HbmError) as info:
@@ -353,8 +349,6 @@ def test_duplicate_varying_term_points_at_the_duplicate():
     assert span.start in (f.index("(1 | g)"), f.index("1 | g", f.index("(1 | g)") + 3))
 
 
-@pytest.mark.xfail(strict=True, reason="the reversed-order hint of a chain of 3+ groups reverses "
-                   "only the failing pair and drops the other groups")
 def test_reversed_order_hint_keeps_the_whole_chain():
     with pytest.raises(HbmError) as info:
         _ir("y ~ x | product/division/category")

@@ -45,7 +45,9 @@ class LaplaceEngine:
                     where="inference.engine",
                     hint="use engine: svi (guide: normal or lowrank), or raise options.max_latent")
 
-        factory = lambda model, init: AutoLaplaceApproximation(model, init_loc_fn=init)  # noqa: E731
+        hessian = _chunked_hessian(problem.model_kwargs)
+        factory = lambda model, init: AutoLaplaceApproximation(  # noqa: E731
+            model, init_loc_fn=init, hessian_fn=hessian)
         fit = run_svi(problem, config, factory, Trace_ELBO(), progress=progress, on_init=check)
         draws = int(config.draws)
 
@@ -67,3 +69,26 @@ class LaplaceEngine:
                                 "use engine: svi or nuts")
         info = {"engine": self.name, "latent_dim": dims["n"], **fit.info}
         return EngineResult(samples=samples, sample_stats={}, loss=fit.loss, info=info, timings=fit.timings)
+
+
+def _chunked_hessian(model_kwargs: dict):
+    """``hessian_fn(f, x)``: Hessian-vector products in chunks sized to the data.
+
+    ``jax.hessian`` evaluates all ``dim`` directions at once, holding ``dim``
+    copies of the model's intermediates: too much memory with large data.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    data = sum(int(np.size(x)) for x in jax.tree.leaves(model_kwargs) if hasattr(x, "shape"))
+
+    def hessian_fn(f, x):
+        grad = jax.grad(f)
+
+        def column(i):
+            return jax.jvp(grad, (x,), (jnp.zeros_like(x).at[i].set(1.0),))[1]
+
+        chunk = int(min(x.size, max(1, 2**24 // max(data, 1))))
+        return jax.lax.map(column, jnp.arange(x.size), batch_size=chunk)
+
+    return hessian_fn

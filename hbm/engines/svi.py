@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import HbmError, did_you_mean
-from .base import EngineResult, FitProblem, Progress, to_numpy
+from .base import EngineResult, FitProblem, Progress, compile_once, split_kwargs, to_numpy
 from .optim import build_optimizer
 
 GUIDES = ("normal", "lowrank", "mvn", "delta")
@@ -78,27 +78,6 @@ def make_elbo(config: Any):
         return RenyiELBO(alpha=alpha, num_particles=particles)
     raise HbmError(f"unknown loss '{loss}'", where="inference.loss",
                    hint=(did_you_mean(str(loss), LOSSES) or "") + f" losses: {', '.join(LOSSES)}")
-
-
-def split_kwargs(kwargs: dict) -> tuple[list, Callable[[list], dict]]:
-    """Array leaves of ``kwargs`` (jit arguments) and a function rebuilding ``kwargs`` from them.
-
-    Arrays go through ``jit`` as arguments, not as baked-in constants (large data,
-    device sharding); everything else stays static.
-    """
-    import jax
-
-    leaves, treedef = jax.tree.flatten(kwargs)
-    idx = [i for i, x in enumerate(leaves)
-           if isinstance(x, (jax.Array, np.ndarray)) and np.dtype(x.dtype).kind in "biufc"]
-
-    def rebuild(dyn: list) -> dict:
-        out = list(leaves)
-        for i, v in zip(idx, dyn):
-            out[i] = v
-        return jax.tree.unflatten(treedef, out)
-
-    return [leaves[i] for i in idx], rebuild
 
 
 @dataclass
@@ -208,21 +187,6 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     return SVIFit(state, loss, info, {"init_s": init_s, "compile_s": compile_s, "fit_s": fit_s}, in_trace)
 
 
-def compile_once(fn: Callable, *args, fast: bool = False, donate: tuple = ()):
-    """``jit(fn)`` compiled ahead of time for ``args``.
-
-    ``fast`` trades run speed for compile speed (about 2x on CPU): for the
-    functions run once (initialisation, drawing from the guide), not for the step loop.
-    """
-    import jax
-
-    opts = FAST_COMPILE if fast and jax.default_backend() == "cpu" else None
-    return jax.jit(fn, donate_argnums=donate).lower(*args).compile(compiler_options=opts)
-
-
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
 def _raise_non_finite(step: int, state, loss: np.ndarray, in_trace: Callable):
     err = HbmError(
         f"the loss became non-finite at step {step}; the fit stopped there",
@@ -272,7 +236,7 @@ def guide_draws(fit: SVIFit, seed: int, draws: int, *, per_draw: Callable | None
             return {n: tr[n]["value"] for n in names}
 
         # all draws in one vmap unless the output is large; then vmapped chunks in a loop
-        width = sum(int(np.prod(np.shape(guide._init_locs[n]))) for n in names)
+        width = sum(int(np.prod(np.shape(guide.prototype_trace[n]["value"]))) for n in names)
         chunk = draws if draws * width <= 2**24 else max(1, 2**24 // max(width, 1))
         nb = -(-draws // chunk)
         keys = jax.random.split(key, nb * chunk)
@@ -303,4 +267,6 @@ class SVIEngine:
                 **fit.info}
         if info["loss"] == "renyi":
             info["alpha"] = float(config.alpha)
+        if guide == "lowrank":
+            info["rank"] = getattr(config, "rank", None)
         return EngineResult(samples=samples, sample_stats={}, loss=fit.loss, info=info, timings=fit.timings)
