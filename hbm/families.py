@@ -46,7 +46,8 @@ def _normal(eta, link, aux, extra):
 
 
 def _student_t(eta, link, aux, extra):
-    return dist.StudentT(aux["nu"], _mean(eta, link), aux["sigma"])
+    sigma = extra["se"] if "se" in extra else aux["sigma"]
+    return dist.StudentT(aux["nu"], _mean(eta, link), sigma)
 
 
 def _poisson(eta, link, aux, extra):

@@ -24,7 +24,7 @@ from . import ir
 from .encode import plate_effects, population_columns
 from .families import FAMILIES
 from .likelihood import Likelihood
-from .priors import Fixed, to_distribution
+from .priors import Fixed, Prior, to_distribution
 
 
 def sample_param(name: str, prior, support: str, shape: tuple = (), dim: int | None = None):
@@ -37,10 +37,18 @@ def sample_param(name: str, prior, support: str, shape: tuple = (), dim: int | N
     return numpyro.sample(name, d)
 
 
+_SCALABLE = {"normal": (), "cauchy": (), "student_t": ("df",)}
+
+
 def reparam_config(model: ir.ModelIR) -> dict:
     """Sites made non-centred: chain levels and single-term blocks by location-scale, correlated
-    blocks by their Cholesky affine transform."""
+    blocks by their Cholesky affine transform. Population coefficients with a location-scale
+    prior are standardised the same way, so an optimiser's step means the same on every scale
+    (an intercept of 300 with a prior scale of 150 otherwise takes thousands of steps to reach)."""
     cfg = {}
+    for t in model.population:
+        if isinstance(t.prior, Prior) and t.prior.family in _SCALABLE:
+            cfg[t.name] = LocScaleReparam(0, shape_params=_SCALABLE[t.prior.family])
     for c in model.chains:
         for p in c.plates:
             cfg[c.site(p)] = LocScaleReparam(0)

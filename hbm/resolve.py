@@ -347,6 +347,10 @@ class _Resolver:
         if self.f.lhs.additions and any(a.kind == "trials" for a in self.f.lhs.additions) and name != "binomial":
             self.problems.add(f"trials() is for the binomial family, not {name}", span=self.f.lhs.span,
                               source=self.src, where="formula")
+        if self.f.lhs.additions and any(a.kind == "se" for a in self.f.lhs.additions) \
+                and name not in ("normal", "student_t"):
+            self.problems.add(f"se() gives known standard deviations, which only the normal and student_t "
+                              f"families have; not {name}", span=self.f.lhs.span, source=self.src, where="formula")
         if name == "binomial" and trials is None:
             self.problems.add("the binomial family needs the number of trials: write 'y | trials(n) ~ ...'",
                               span=self.f.lhs.span, source=self.src, where="formula")

@@ -41,6 +41,11 @@ _GENERATORS = ("normal", "lognormal", "uniform", "poisson", "constant")
 
 def simulate_table(spec: Spec, rows: int | None = None, seed: int | None = None) -> pd.DataFrame:
     """A table with every column the formula uses, the response drawn from the model."""
+    return simulate(spec, rows, seed)[0]
+
+
+def simulate(spec: Spec, rows: int | None = None, seed: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """The simulated table and the true value of every named parameter (element name -> value)."""
     sim = spec.simulate or SimulateSpec()
     n = int(rows or sim.rows)
     rng = np.random.default_rng(sim.seed if seed is None else seed)
@@ -73,7 +78,20 @@ def simulate_table(spec: Spec, rows: int | None = None, seed: int | None = None)
         raise HbmError("the simulated response is not finite: the parameter values are too extreme",
                        where="simulate.params", hint="give smaller coefficients or standard deviations")
     df[formula.lhs.column] = y.astype(np.int64) if FAMILIES[family].support in ("count", "binary", "trials") else y
-    return df
+    return df, _truth(model, trace)
+
+
+def _truth(model, trace) -> dict[str, float]:
+    from .outputs import build_outputs
+    from .results import element_names
+    sites = {k: np.asarray(v["value"])[None, None] for k, v in trace.items()
+             if v["type"] in ("sample", "deterministic")}
+    outputs = build_outputs(model.ir, sites, model.encoding)
+    truth = {}
+    for var in outputs.vars:
+        values = np.asarray(var.values).reshape(-1)
+        truth.update(zip(element_names(var, outputs.coords, outputs.plate_dims), values.tolist()))
+    return truth
 
 
 def _shaped(model, values: dict) -> dict:

@@ -28,6 +28,10 @@ steps (``options: {block: N}`` overrides). At the first step whose loss is
 not finite the fit stops and raises :class:`HbmError` naming the step, with
 the last parameters that gave a finite loss as ``err.last_state`` (constrained
 guide parameters, NumPy) and the loss history as ``err.loss``.
+
+Timings: ``init_s`` (compiling and running the initialisation), ``compile_s``
+(that plus compiling the step block), ``fit_s`` (running the blocks; steps/s =
+steps_run / fit_s), ``sample_s`` (drawing from the guide, compilation included).
 """
 from __future__ import annotations
 
@@ -58,8 +62,7 @@ def guide_factory(kind: str, rank: int | None = None) -> Callable:
         return lambda model, init: ag.AutoMultivariateNormal(model, init_loc_fn=init)
     if kind == "delta":
         return lambda model, init: ag.AutoDelta(model, init_loc_fn=init)
-    raise HbmError(f"unknown guide '{kind}'", where="inference.guide",
-                   hint=(did_you_mean(str(kind), GUIDES) or "") + f" guides: {', '.join(GUIDES)}")
+    raise HbmError(f"unknown guide '{kind}'", where="inference.guide", hint=_hint(kind, GUIDES, "guides"))
 
 
 def make_elbo(config: Any):
@@ -76,8 +79,12 @@ def make_elbo(config: Any):
             raise HbmError("renyi loss needs alpha != 1", where="inference.alpha",
                            hint="alpha = 1 is the ordinary ELBO: use loss: elbo")
         return RenyiELBO(alpha=alpha, num_particles=particles)
-    raise HbmError(f"unknown loss '{loss}'", where="inference.loss",
-                   hint=(did_you_mean(str(loss), LOSSES) or "") + f" losses: {', '.join(LOSSES)}")
+    raise HbmError(f"unknown loss '{loss}'", where="inference.loss", hint=_hint(loss, LOSSES, "losses"))
+
+
+def _hint(name: str, names: tuple[str, ...], what: str) -> str:
+    dym = did_you_mean(str(name), names)
+    return (f"{dym} " if dym else "") + f"{what}: {', '.join(names)}"
 
 
 @dataclass
@@ -181,7 +188,7 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     info = {
         "steps": steps, "steps_run": done, "converged": stop == "converged", "stop_reason": stop,
         "tolerance": tol, "rel_change": rel, "block": size, "final_loss": mean,
-        "optimizer": str(getattr(config, "optimizer", "adam(lr=0.01)")),
+        "optimizer": str(getattr(config, "optimizer", None) or "adam(lr=0.01)"),
         "steps_per_s": done / fit_s if fit_s > 0 else None,
     }
     return SVIFit(state, loss, info, {"init_s": init_s, "compile_s": compile_s, "fit_s": fit_s}, in_trace)
@@ -225,11 +232,7 @@ def guide_draws(fit: SVIFit, seed: int, draws: int, *, per_draw: Callable | None
         guide = svi.guide
         names = latent_names(guide)
         key, sub = jax.random.split(jax.random.PRNGKey(seed))
-        extra = None
-        if per_draw is None:
-            batch = jax.tree.map(lambda x: jnp.broadcast_to(x, (draws,) + jnp.shape(x)), params)
-        else:
-            batch, extra = per_draw(svi, params, kw, sub)
+        batch, extra = per_draw(svi, params, kw, sub) if per_draw is not None else (None, None)
 
         def one(p, k):
             tr = handlers.trace(handlers.seed(handlers.substitute(guide, data=p), k)).get_trace(**kw)
@@ -239,11 +242,12 @@ def guide_draws(fit: SVIFit, seed: int, draws: int, *, per_draw: Callable | None
         width = sum(int(np.prod(np.shape(guide.prototype_trace[n]["value"]))) for n in names)
         chunk = draws if draws * width <= 2**24 else max(1, 2**24 // max(width, 1))
         nb = -(-draws // chunk)
-        keys = jax.random.split(key, nb * chunk)
-        pad = jax.tree.map(lambda x: jnp.concatenate([x, x[: nb * chunk - draws]]) if nb * chunk > draws else x,
-                           batch)
-        fold = lambda x: x.reshape((nb, chunk) + x.shape[1:])
-        out = jax.lax.map(lambda a: jax.vmap(one)(*a), (jax.tree.map(fold, pad), fold(keys)))
+        fold = lambda x: jnp.concatenate([x, x[: nb * chunk - draws]]).reshape((nb, chunk) + x.shape[1:])
+        keys = jax.random.split(key, nb * chunk).reshape(nb, chunk, -1)
+        if batch is None:
+            out = jax.lax.map(lambda k: jax.vmap(one, in_axes=(None, 0))(params, k), keys)
+        else:
+            out = jax.lax.map(lambda a: jax.vmap(one)(*a), (jax.tree.map(fold, batch), keys))
         return {n: v.reshape((nb * chunk,) + v.shape[2:])[:draws] for n, v in out.items()}, extra
 
     out, extra = fit.in_trace(fn, fast=fast)(fit.state)
