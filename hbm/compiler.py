@@ -72,6 +72,10 @@ def compile(spec, table=None, *, devices: int | str | None = None) -> CompiledMo
 
 
 def compile_table(spec: Spec, df: pd.DataFrame, *, devices=None, noncentered=None) -> CompiledModel:
+    if spec.params:  # a non-linear formula: hbm.nonlinear compiles it
+        from .nonlinear import compile_nonlinear
+        return compile_nonlinear(spec, df, devices=devices,
+                                 noncentered=spec.noncentered if noncentered is None else noncentered)
     formula = parse_formula(spec.formula)
     info = TableInfo(df, formula.source)
     model_ir = resolve(formula, info, family=spec.family, priors=spec.priors,

@@ -82,7 +82,8 @@ class GroupBlock:
 
     @property
     def term_labels(self) -> tuple[str, ...]:
-        return tuple("1" if c.is_intercept else c.name for c in self.columns)
+        # a renamed intercept (a non-linear parameter's, named after it) keeps its name
+        return tuple("1" if c == INTERCEPT else c.name for c in self.columns)
 
     @property
     def label(self) -> str:
@@ -112,7 +113,7 @@ class Chain:
 
     @property
     def label(self) -> str:
-        return "1" if self.column.is_intercept else self.term
+        return "1" if self.column == INTERCEPT else self.term
 
     def site(self, plate: str) -> str:
         return f"{self.term}[{plate}]"
@@ -171,15 +172,15 @@ class ModelIR:
         names += [p.name for p in self.family.params]
         return tuple(names)
 
-    def pretty(self) -> str:
-        """A readable listing: what ``hbm check`` prints."""
+    def pretty(self, header: bool = True) -> str:
+        """A readable listing: what ``hbm check`` prints (``header=False``: from the plates on)."""
         out = [f"formula   {self.formula}",
                f"response  {self.response.column}" + "".join(
                    f"  {k}={v}" for k, v in (("trials", self.response.trials), ("se", self.response.se),
                                              ("weights", self.response.weights)) if v),
                f"family    {self.family.name} (link: {self.family.link})"
                + ("  [inferred from the data]" if self.family.inferred else ""),
-               f"effects   {'non-centred' if self.noncentered else 'centred'}"]
+               f"effects   {'non-centred' if self.noncentered else 'centred'}"][: 4 if header else 0]
         parents = dict(self.nestings)
         if self.plates:
             out.append("plates")

@@ -8,6 +8,8 @@ log-likelihood (``hbm.likelihood``). Non-centring is done with NumPyro's
     model(rows, consts)                  # fitting: the likelihood enters as one factor
     model(rows, consts, mode="simulate") # prior/posterior predictive: samples "y" per row
     model(rows, consts, mode="latent")   # parameters only, no likelihood (posterior summaries)
+    model(rows, consts, mode="eta")      # parameters, no likelihood; returns the linear predictor
+                                         # (a non-linear parameter's, hbm.nonlinear)
 """
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
             values[t.name] = v
             if t.in_chain:
                 continue
-            if t.columns == (ir.INTERCEPT,):
+            if len(t.columns) == 1 and t.columns[0].is_intercept:
                 intercept = v
             else:
                 b_parts.append(jnp.atleast_1d(v))
@@ -113,6 +115,8 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
                 numpyro.sample("y", family.make(eta, model.family.link, aux, _extra(rows)))
         elif mode == "fit":
             numpyro.factor("loglik", lik.total(params, rows, scale))
+        elif mode == "eta":
+            return lik.eta(params, rows)
 
     reparams = reparam_config(model) if model.noncentered else {}
     if not reparams:
@@ -120,7 +124,7 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
 
     def model_fn(rows, consts, mode="fit", scale=None):
         with numpyro.handlers.reparam(config=reparams):
-            body(rows, consts, mode, scale)
+            return body(rows, consts, mode, scale)
     return model_fn
 
 

@@ -32,6 +32,9 @@ def site_draws(model_fn, rows, consts, latent: dict[str, np.ndarray], seed: int 
 
 def build_outputs(model: ir.ModelIR, sites: dict[str, np.ndarray], enc: Encoding) -> Outputs:
     """The named parameters of ``model`` from its site draws."""
+    if not isinstance(model, ir.ModelIR):  # a non-linear model: each parameter's formula, then the family
+        from .nonlinear import build_nonlinear_outputs
+        return build_nonlinear_outputs(model, sites, enc)
     vars_: list[OutputVar] = []
     coords: dict[str, list[str]] = {}
     pop = {}

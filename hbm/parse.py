@@ -16,6 +16,7 @@ import lark
 from lark import Lark, Token, Transformer, v_args
 
 from . import ast as A
+from . import nl_ast as N
 from .errors import HbmError, Span, did_you_mean
 
 GRAMMAR_PATH = Path(__file__).resolve().parent.parent / "grammars" / "formula.lark"
@@ -27,7 +28,7 @@ ADDITIONS = ("trials", "se", "weights")
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> Lark:
-    return Lark(GRAMMAR_PATH.read_text(), start=["formula", "call_expr"], parser="lalr",
+    return Lark(GRAMMAR_PATH.read_text(), start=["formula", "nl_formula", "call_expr"], parser="lalr",
                 propagate_positions=True, maybe_placeholders=False)
 
 
@@ -122,6 +123,35 @@ class _ToAst(Transformer):
         return A.GroupFactor(tuple(str(t) for t in items), span=_span(meta))
 
 
+    # ---- non-linear formulas (the nl_ rules)
+    def nl_formula(self, meta, items):
+        return N.NonlinearFormula(items[0], items[1], source=self.source)
+
+    def nl_name(self, meta, items):
+        return N.Name(str(items[0]), span=_span(meta))
+
+    def nl_number(self, meta, items):
+        return N.Number(self.num(meta, items).value, span=_span(meta))
+
+    def nl_call(self, meta, items):
+        name, arg = items
+        if str(name) not in N.FUNCTIONS:
+            self._err(f"unknown function '{name}'", _span(name),
+                      did_you_mean(str(name), N.FUNCTIONS)
+                      or f"functions are {', '.join(N.FUNCTIONS)}")
+        return N.Apply(str(name), arg, span=_span(meta))
+
+    def nl_neg(self, meta, items):
+        return N.Negate(items[0], span=_span(meta))
+
+    def _nl_bin(op):  # noqa: N805 - a small factory for the binary operators
+        def f(self, meta, items):
+            return N.Binary(op, items[0], items[1], span=_span(meta))
+        return f
+
+    nl_add, nl_sub, nl_mul, nl_div, nl_pow = _nl_bin("+"), _nl_bin("-"), _nl_bin("*"), _nl_bin("/"), _nl_bin("^")
+
+
 # ---------------------------------------------------------------- call syntax (priors, optimizers)
 @dataclass(frozen=True, slots=True)
 class Fn:
@@ -194,6 +224,25 @@ def parse_formula(text: str) -> A.Formula:
         raise
 
 
+def parse_nonlinear(text: str) -> N.NonlinearFormula:
+    """Parse a non-linear formula such as ``y ~ a * exp(-b * x)`` (its names are columns or
+    parameters declared under ``params:``; see :mod:`hbm.nonlinear`)."""
+    if not isinstance(text, str) or not text.strip():
+        raise HbmError("the formula is empty", where="formula",
+                       hint="write it as 'response ~ expression', e.g. 'y ~ a * exp(-b * x)'")
+    if "~" not in text:
+        raise HbmError("a formula needs '~' between the response and the expression",
+                       span=Span(0, len(text)), source=text, where="formula",
+                       hint="e.g. 'y ~ a * exp(-b * x)'")
+    tree = _parse(text, "nl_formula")
+    try:
+        return _ToAst(text).transform(tree)
+    except lark.exceptions.VisitError as e:
+        if isinstance(e.orig_exc, HbmError):
+            raise e.orig_exc from None
+        raise
+
+
 def parse_call(text: str | float | int) -> Fn | float:
     """Parse ``normal(0, 1)``, ``adam(lr=0.01)`` or a number."""
     if isinstance(text, bool):
@@ -209,12 +258,12 @@ _TOKEN_WORDS = {
     "RPAR": "')'", "LPAR": "'('", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "COLON": "':'",
     "VBAR": "'|'", "__ANON_0": "'||'", "TILDE": "'~'", "SLASH": "'/'", "NAME": "a name", "NUMBER": "a number",
     "SIGNED_NUMBER": "a number", "COMMA": "','", "EQUAL": "'='", "$END": "the end",
-    "LSQB": "'['", "RSQB": "']'", "ESCAPED_STRING": "a string",
+    "LSQB": "'['", "RSQB": "']'", "ESCAPED_STRING": "a string", "CIRCUMFLEX": "'^'",
 }
 
 
 def _parse(text: str, start: str):
-    where = "formula" if start == "formula" else "value"
+    where = "value" if start == "call_expr" else "formula"
     try:
         return _parser().parse(text, start=start)
     except lark.exceptions.UnexpectedCharacters as e:

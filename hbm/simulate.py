@@ -19,6 +19,16 @@ Columns not listed get defaults: a grouping or factor column gets
 ``trials()`` columns 10, ``se()`` columns 1, ``weights()`` columns 1.
 Parameters not in ``params`` keep a fixed prior's value, and are otherwise drawn
 from their prior (a prior predictive draw).
+
+A dose design (dose-response assays, non-linear formulas)::
+
+    dose: {doses: [0, 0.001, 0.01, 0.1, 1, 10, 100], per: compound, count: [4, 6]}
+
+gives each level of ``per`` a series of ``count`` consecutive non-zero doses of the
+list (a random window; ``count`` a number, or ``[least, most]`` drawn per level;
+default: all of them), plus the controls at dose 0 when 0 is listed. The rows of a
+level cycle through its series, so every dose has replicates. Without ``per`` each
+row draws a dose from the list.
 """
 from __future__ import annotations
 
@@ -32,7 +42,7 @@ import pandas as pd
 from . import ast as A
 from .errors import HbmError
 from .families import FAMILIES
-from .parse import Fn, parse_call, parse_formula
+from .parse import Fn, parse_call, parse_formula, parse_nonlinear
 from .spec import SimulateSpec, Spec
 
 _PLACEHOLDER = {"real": 0.5, "count": 1.0, "binary": 1.0, "trials": 1.0, "positive": 1.0, "unit": 0.5}
@@ -49,17 +59,16 @@ def simulate(spec: Spec, rows: int | None = None, seed: int | None = None) -> tu
     sim = spec.simulate or SimulateSpec()
     n = int(rows or sim.rows)
     rng = np.random.default_rng(sim.seed if seed is None else seed)
-    formula = parse_formula(spec.formula)
-    uses = _column_uses(formula)
+    lhs, uses = _formula_uses(spec)
     columns = {k: _thaw(v) for k, v in sim.columns}
     unknown = set(columns) - set(uses)
     if unknown:
         name = sorted(unknown)[0]
         raise HbmError(f"simulate.columns names '{name}', which the formula does not use",
                        where=f"simulate.columns.{name}", hint="columns used: " + ", ".join(sorted(uses)))
-    df = _covariates(uses, columns, n, rng, formula.lhs.column)
-    family = spec.family or _family_for_link(formula.lhs.link, formula)
-    df[formula.lhs.column] = _PLACEHOLDER[FAMILIES[family].support]
+    df = _covariates(uses, columns, n, rng, lhs.column)
+    family = spec.family or _family_for_link(lhs)
+    df[lhs.column] = _PLACEHOLDER[FAMILIES[family].support]
     from .compiler import compile_table
     placeholder_spec = dataclasses.replace(spec, family=family, data=None)
     model = compile_table(placeholder_spec, df, devices=1, noncentered=False)
@@ -77,7 +86,7 @@ def simulate(spec: Spec, rows: int | None = None, seed: int | None = None) -> tu
     if not np.isfinite(y).all():
         raise HbmError("the simulated response is not finite: the parameter values are too extreme",
                        where="simulate.params", hint="give smaller coefficients or standard deviations")
-    df[formula.lhs.column] = y.astype(np.int64) if FAMILIES[family].support in ("count", "binary", "trials") else y
+    df[lhs.column] = y.astype(np.int64) if FAMILIES[family].support in ("count", "binary", "trials") else y
     return df, _truth(model, trace)
 
 
@@ -104,10 +113,40 @@ def _shaped(model, values: dict) -> dict:
     return out
 
 
-def _family_for_link(link: str | None, formula: A.Formula) -> str:
-    if any(a.kind == "trials" for a in formula.lhs.additions):
+def _family_for_link(lhs: A.Response) -> str:
+    if any(a.kind == "trials" for a in lhs.additions):
         return "binomial"
-    return {"log": "poisson", "logit": "bernoulli", "probit": "bernoulli"}.get(link or "", "normal")
+    return {"log": "poisson", "logit": "bernoulli", "probit": "bernoulli"}.get(lhs.link or "", "normal")
+
+
+def _formula_uses(spec: Spec) -> tuple[A.Response, dict[str, str]]:
+    """The left side, and each column the formula uses and how (see ``_column_uses``); a non-linear
+    formula's columns are its expression's and those of its parameters' formulas."""
+    if not spec.params:
+        formula = parse_formula(spec.formula)
+        return formula.lhs, _column_uses(formula)
+    from . import nl_ast as N
+    formula = parse_nonlinear(spec.formula)
+    params = dict(spec.params)
+    uses: dict[str, str] = {}
+    rank = {"numeric": 0, "positive": 1, "factor": 2, "group": 3}
+    for name, text in spec.params:
+        for col, kind in _column_uses(parse_formula(f"{name} ~ {text}")).items():
+            if rank.get(kind, 9) > rank.get(uses.get(col), -1):
+                uses[col] = kind
+
+    def visit(e, inside):
+        if isinstance(e, N.Name):
+            if e.name not in params and rank[inside] > rank.get(uses.get(e.name), -1):
+                uses[e.name] = inside
+        elif not isinstance(e, N.Number):
+            op, args = N.op_and_args(e)
+            for a in args:
+                visit(a, "positive" if op in ("log", "sqrt") else inside)
+    visit(formula.rhs, "numeric")
+    for a in formula.lhs.additions:
+        uses[a.column] = a.kind
+    return formula.lhs, uses
 
 
 def _column_uses(formula: A.Formula) -> dict[str, str]:
@@ -139,14 +178,19 @@ def _column_uses(formula: A.Formula) -> dict[str, str]:
 
 def _covariates(uses: dict, columns: dict, n: int, rng, response: str) -> pd.DataFrame:
     data: dict[str, np.ndarray] = {}
-    order = sorted(uses, key=lambda c: (isinstance(columns.get(c), dict) and "within" in columns[c], c))
+    def tier(c):  # parents before the columns drawn within them, dose designs after their groups
+        how = columns.get(c)
+        return 2 if isinstance(how, dict) and "doses" in how else int(isinstance(how, dict) and "within" in how)
+    order = sorted(uses, key=lambda c: (tier(c), c))
     parents: dict[str, tuple[str, np.ndarray]] = {}
     for col in order:
         if col == response:
             continue
         how = columns.get(col)
         kind = uses[col]
-        if kind in ("group", "factor") or isinstance(how, dict):
+        if isinstance(how, dict) and "doses" in how:
+            data[col] = _doses(col, how, n, rng, data)
+        elif kind in ("group", "factor") or isinstance(how, dict):
             data[col] = _levels(col, how, n, rng, data, parents)
         else:
             data[col] = _numeric(col, how, kind, n, rng)
@@ -175,6 +219,44 @@ def _levels(col, how, n, rng, data, parents) -> np.ndarray:
                                 rng.integers(0, len(parent_names), max(0, k - len(parent_names)))])[:k]
         data[within] = parent_names[owner[codes]]
     return names[codes]
+
+
+def _doses(col, how, n, rng, data) -> np.ndarray:
+    """A dose design (see the module docstring)."""
+    where = f"simulate.columns.{col}"
+    bad = set(how) - {"doses", "per", "count"}
+    if bad:
+        raise HbmError(f"{where} has unknown key '{sorted(bad)[0]}'", where=where,
+                       hint="a dose design takes 'doses', 'per' and 'count'")
+    try:
+        doses = sorted(float(d) for d in how["doses"])
+    except (TypeError, ValueError):
+        doses = []
+    if not doses or doses[0] < 0:
+        raise HbmError(f"{where}.doses must be a list of doses >= 0", where=where,
+                       hint="e.g. doses: [0, 0.01, 0.1, 1, 10]")
+    positive = np.array([d for d in doses if d > 0])
+    controls = int(doses[0] == 0)
+    count = how.get("count", len(positive))
+    lo, hi = (count, count) if isinstance(count, (int, float)) else tuple(count)
+    if not 1 <= int(lo) <= int(hi) <= len(positive):
+        raise HbmError(f"{where}.count must be between 1 and {len(positive)} (the non-zero doses listed), "
+                       f"got {count!r}", where=where)
+    per = how.get("per")
+    if per is None:
+        return rng.choice(np.array(doses), n)
+    if per not in data:
+        raise HbmError(f"{where}: 'per: {per}' names no grouping column of the formula", where=where)
+    labels, codes = np.unique(data[per], return_inverse=True)
+    k = len(labels)
+    length = rng.integers(int(lo), int(hi) + 1, k)                # non-zero doses of each level
+    start = rng.integers(0, len(positive) - length + 1)           # its window in the list
+    order = np.lexsort((rng.random(n), codes))                  # each level's rows, in random order
+    first = np.searchsorted(codes[order], np.arange(k))
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n) - first[codes[order]]              # position of each row within its level
+    pos = rank % (length + controls)[codes] - controls            # -1: a control
+    return np.where(pos < 0, 0.0, positive[np.clip(start[codes] + pos, 0, len(positive) - 1)])
 
 
 def _numeric(col, how, kind, n, rng) -> np.ndarray:

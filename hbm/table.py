@@ -5,6 +5,7 @@ grouping columns happen here once, before any model exists.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,15 @@ class TableInfo:
         self._levels: dict[tuple[str, ...], tuple[np.ndarray, list[str]]] = {}
         self._single: dict[str, tuple[np.ndarray, list[str]]] = {}
         self._numeric: dict[str, np.ndarray] = {}
+
+    def view(self, formula: str, extra: dict[str, np.ndarray] | None = None) -> "TableInfo":
+        """The same table seen from another formula: errors point into ``formula``; the level
+        tables and center()/scale() statistics are shared; ``extra`` adds named numeric values that
+        are not columns (the stand-in response of a non-linear parameter's formula)."""
+        v = copy.copy(self)
+        v.formula = formula
+        v._numeric = {**self._numeric, **(extra or {})}
+        return v
 
     @property
     def columns(self) -> list[str]:

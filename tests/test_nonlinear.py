@@ -1,0 +1,403 @@
+"""Non-linear formulas (SPEC section 1): grammar, names, errors, log density, dose 0, recovery.
+
+The hierarchical four-parameter logistic (4PL) dose-response model is the running example:
+
+    response ~ bottom + (top - bottom) / (1 + exp(hill * (log(dose) - log_ic50)))
+
+with ``bottom``/``top`` varying by plate, ``log_ic50`` a chain compound -> target -> population,
+and ``hill`` positive. Its compiled log density is held to a hand-written NumPyro 4PL with the
+same hierarchy and site names, at random parameter values (centred and non-centred), and the
+controls at dose 0 must give finite values and gradients equal to the top asymptote's.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpyro import handlers
+from numpyro.infer.reparam import LocScaleReparam
+from numpyro.infer.util import log_density
+
+import hbm
+from hbm import nl_ast as N
+from hbm.ast import Response
+from hbm.errors import HbmError
+from hbm.parse import parse_formula, parse_nonlinear
+from hbm.simulate import simulate
+from hbm.spec import load_spec
+
+FOUR_PL = "response ~ bottom + (top - bottom) / (1 + exp(hill * (log(dose) - log_ic50)))"
+PARAMS = {"bottom": "1 + (1 | plate)", "top": "1 + (1 | plate)", "log_ic50": "1 | compound/target", "hill": "1"}
+PRIORS = {
+    "bottom": "normal(0, 20)", "top": "normal(100, 20)", "sd(bottom | plate)": "half_normal(5)",
+    "sd(top | plate)": "half_normal(5)", "log_ic50": "normal(0, 3)", "sd(log_ic50 | target)": "half_normal(2)",
+    "sd(log_ic50 | compound)": "half_normal(2)", "hill": "normal(0, 0.5)", "sigma": "exponential(0.2)",
+}
+DOSES = np.array([0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
+
+
+def spec_of(formula=FOUR_PL, params=PARAMS, priors=PRIORS, bounds=None, **kw) -> dict:
+    return {"formula": formula, "params": dict(params), "bounds": {"hill": "positive"} if bounds is None else bounds,
+            "priors": dict(priors), "family": "normal", **kw}
+
+
+def assay(seed=0, compounds=12, targets=3, plates=4, doses=DOSES, reps=2) -> pd.DataFrame:
+    """A small 4PL data set: every compound at every dose (controls at 0), in replicate."""
+    rng = np.random.default_rng(seed)
+    comp = np.repeat(np.arange(compounds), len(doses) * reps)
+    dose = np.tile(np.repeat(doses, reps), compounds)
+    target = comp % targets
+    plate = rng.integers(0, plates, len(comp))
+    lic = -1 + rng.normal(size=targets)[target] + 0.5 * rng.normal(size=compounds)[comp]
+    top = 100 + 3 * rng.normal(size=plates)[plate]
+    bottom = 5 + 2 * rng.normal(size=plates)[plate]
+    with np.errstate(divide="ignore"):
+        mu = bottom + (top - bottom) / (1 + np.exp(1.2 * (np.log(dose) - lic)))
+    return pd.DataFrame({
+        "response": mu + rng.normal(0, 5, len(comp)), "dose": dose,
+        "compound": [f"c{i:02d}" for i in comp], "target": [f"t{i}" for i in target],
+        "plate": [f"p{i}" for i in plate]})
+
+
+DF = assay()
+
+
+# ====================================================================== grammar
+ROUND_TRIPS = [
+    FOUR_PL,
+    "y ~ a * exp(-b * x)",
+    "y ~ -x^2",
+    "y ~ (-x)^2",
+    "y ~ a - (b - c)",
+    "y ~ a / (b * c)",
+    "y ~ a / b * c",
+    "y ~ 2^-1^3",
+    "y ~ (a^b)^c",
+    "y ~ a * -b",
+    "y ~ a - -b + 1e-05 * x",
+    "y | se(s) ~ inv_logit(a + b * x)",
+    "log(y) ~ log1p(a) + expm1(b) + sqrt(abs(c)) - softplus(d) / logit(e)",
+]
+CANONICAL = [
+    ("y~a*exp( - b*x )", "y ~ a * exp(-b * x)"),
+    ("y ~ ((a)) + (b * c)", "y ~ a + b * c"),
+    ("y ~ (a + b) + c", "y ~ a + b + c"),
+    ("y ~ a ^ (b ^ c)", "y ~ a^b^c"),
+    ("y ~ 1.50 * x", "y ~ 1.5 * x"),
+]
+
+
+@pytest.mark.parametrize("text", ROUND_TRIPS)
+def test_round_trip(text):
+    f = parse_nonlinear(text)
+    assert str(f) == text
+    assert parse_nonlinear(str(f)) == f
+    for node in N.walk(f.rhs):  # every node's span covers exactly the text it prints as
+        assert text[node.span.start:node.span.end] == str(node)
+
+
+@pytest.mark.parametrize("given_text, canonical", CANONICAL)
+def test_canonical_text(given_text, canonical):
+    f = parse_nonlinear(given_text)
+    assert str(f) == canonical
+    assert parse_nonlinear(canonical) == f
+
+
+def test_parse_builds_the_tree_the_operators_mean():
+    f = parse_nonlinear("y ~ a - b * c^-d")
+    assert f.rhs == N.Binary("-", N.Name("a"), N.Binary("*", N.Name("b"), N.Binary(
+        "^", N.Name("c"), N.Negate(N.Name("d")))))
+    assert parse_nonlinear("y ~ -a^2").rhs == N.Negate(N.Binary("^", N.Name("a"), N.Number(2.0)))
+
+
+_LEAF = st.one_of(st.sampled_from(["a", "b", "x", "dose", "log_ic50"]).map(N.Name),
+                  st.sampled_from([0.0, 1.0, 2.0, 0.5, 1e-05, 250.0]).map(N.Number))
+_EXPR = st.recursive(_LEAF, lambda kids: st.one_of(
+    st.tuples(st.sampled_from("+-*/^"), kids, kids).map(lambda t: N.Binary(*t)),
+    kids.map(N.Negate),
+    st.tuples(st.sampled_from(N.FUNCTIONS), kids).map(lambda t: N.Apply(*t))), max_leaves=10)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_EXPR)
+def test_generated_trees_print_and_parse_back(expr):
+    f = N.NonlinearFormula(Response("y"), expr)
+    text = str(f)
+    assert parse_nonlinear(text) == f
+    assert str(parse_nonlinear(text)) == text
+
+
+@pytest.mark.parametrize("text, message, marked", [
+    ("y ~ a + lg(x)", "unknown function 'lg'", "lg"),
+    ("y ~ a + * x", "unexpected '*'", "*"),
+    ("y ~ a ^ ^ 2", "unexpected '^'", "^"),
+    ("y ~ (a + b", "ends too early", None),
+    ("y ~ a | g", "unexpected '|'", "|"),
+    ("y ~ a $ b", "unexpected character '$'", "$"),
+])
+def test_syntax_errors_point_at_the_problem(text, message, marked):
+    with pytest.raises(HbmError) as e:
+        parse_nonlinear(text)
+    p = e.value.problems[0]
+    assert message in p.message and "^" in p.render()
+    if marked is not None:
+        assert text[p.span.start:p.span.end] == marked
+
+
+def test_the_linear_grammar_is_unchanged():
+    assert str(parse_formula("y ~ x + (1 | g)")) == "y ~ x + (1 | g)"
+    with pytest.raises(HbmError, match="unexpected"):
+        parse_formula("y ~ a^2")
+
+
+# ====================================================================== names and errors
+def compile_(spec: dict, df=DF, noncentered=None):
+    spec = load_spec(spec)
+    if noncentered is not None:
+        spec = spec.with_overrides([f"noncentered={str(noncentered).lower()}"])
+    return hbm.compile(spec, df, devices=1)
+
+
+def marked(err: HbmError, k: int = 0) -> str:
+    p = err.problems[k]
+    return p.source[p.span.start:p.span.end]
+
+
+def test_names_follow_the_spec():
+    df = DF.assign(x=np.linspace(-1, 1, len(DF)), f=np.resize(["u", "v", "w"], len(DF)))
+    spec = spec_of(formula="response ~ p * exp(-q * dose)",
+                   params={"p": "1 + x + (1 + x | plate)", "q": "0 + factor(f) + (1 | compound)"},
+                   bounds={"q": "positive"}, priors={})
+    model = compile_(spec, df)
+    names = model.ir.parameter_names()
+    assert names[:4] == ("p", "p:x", "sd(p | plate)", "sd(p:x | plate)")
+    assert "cor(p, p:x | plate)" in names and "q:factor(f)" in names and "sd(q | compound)" in names
+    assert names[-1] == "sigma"
+    sites = handlers.trace(handlers.seed(model.numpyro_model, 0)).get_trace(**model.data)
+    assert {"p", "p:x", "r(p + p:x | plate)", "q:factor(f)", "r(q | compound)", "sigma"} <= set(sites) | {
+        s.removesuffix("_decentered") for s in sites}
+    latent = {k: v["value"][None, None] for k, v in sites.items() if v["type"] == "sample"
+              and not v["is_observed"]}
+    from hbm.outputs import build_outputs, site_draws
+    out = build_outputs(model.ir, site_draws(model.numpyro_model, model.rows, model.consts, latent),
+                        model.encoding)
+    from hbm.results import element_names
+    elements = [n for v in out.vars for n in element_names(v, out.coords, out.plate_dims)]
+    assert {"p", "p:x", "sd(p | plate)", "p[plate=p0]", "p:x[plate=p3]", "q:factor(f)[u]",
+            "q[compound=c07]", "sigma"} <= set(elements)
+
+
+def test_check_prints_the_expression_tree_and_the_parameters():
+    text = compile_(spec_of()).describe()
+    for line in ["expression", "  +", "  |-- bottom", "      `-- inv_logit",
+                 "|-- hill                 parameter, positive",
+                 "log(dose)        data, -inf in some rows",
+                 "limit     where log(dose) = -inf (24 rows): bottom + (top - bottom)",
+                 "parameter log_ic50 ~ 1 | compound/target",
+                 "log_ic50: log_ic50 <- log_ic50[target] <- log_ic50[compound]",
+                 "sd(top | plate)", "parameter hill ~ 1   [positive: hill = exp(linear predictor)"]:
+        assert line in text, line
+
+
+def test_unknown_name_has_a_caret_and_a_suggestion():
+    with pytest.raises(HbmError) as e:
+        compile_(spec_of(formula=FOUR_PL.replace("(log(dose) - log_ic50)", "(log(dose) - log_ic5)")))
+    p = e.value.problems[0]
+    assert "'log_ic5' is neither a column nor a parameter" in p.message
+    assert marked(e.value) == "log_ic5" and "did you mean 'log_ic50'?" in p.hint and "^~~~~~~" in p.render()
+
+
+def test_undeclared_parameter_and_unused_parameter():
+    with pytest.raises(HbmError) as e:
+        compile_(spec_of(params={k: v for k, v in PARAMS.items() if k != "hill"} | {"slope": "1"}, bounds={}))
+    msgs = [p.message for p in e.value.problems]
+    assert any("'hill' is neither a column nor a parameter declared under params:" in m for m in msgs)
+    assert any("parameter 'slope' is declared under params: but the formula does not use it" in m for m in msgs)
+    assert marked(e.value, 0) == "hill"
+
+
+def test_a_parameter_cannot_share_a_column_name_or_the_response():
+    with pytest.raises(HbmError, match="'plate' is both a column and a parameter") as e:
+        compile_(spec_of(formula="response ~ top * plate", params={"top": "1", "plate": "1"}, bounds={},
+                         priors={}))
+    assert marked(e.value) == "plate"
+    with pytest.raises(HbmError, match="the response 'response' cannot appear"):
+        compile_(spec_of(formula="response ~ top * response", params={"top": "1"}, bounds={}, priors={}))
+
+
+def test_errors_in_a_parameter_formula_name_the_parameter():
+    with pytest.raises(HbmError) as e:
+        compile_(spec_of(params=PARAMS | {"top": "1 + (1 | plat)"}))
+    p = e.value.problems[0]
+    assert p.where == "params: top" and "unknown column 'plat'" in p.message
+    assert marked(e.value) == "plat" and "did you mean 'plate'?" in p.hint
+
+
+def test_prior_names_are_checked_with_a_suggestion():
+    with pytest.raises(HbmError) as e:
+        compile_(spec_of(priors=PRIORS | {"sd(log_ic50 | compund)": "half_normal(1)"}))
+    assert "did you mean 'sd(log_ic50 | compound)'?" in e.value.problems[0].hint
+
+
+def test_a_limit_that_depends_on_an_unbounded_sign_is_an_error():
+    with pytest.raises(HbmError) as e:
+        compile_(spec_of(bounds={}))
+    p = e.value.problems[0]
+    assert "log(dose) = -inf (24 rows) the formula has no limit" in p.message
+    assert "depends on 'hill'" in p.message and "bounds" in p.hint
+    assert marked(e.value) == "hill * (log(dose) - log_ic50)"
+
+
+def test_log_of_negative_data_is_an_error_with_a_caret():
+    with pytest.raises(HbmError) as e:
+        compile_(spec_of(), DF.assign(dose=DF["dose"] - 0.05))
+    assert "'log(dose)' is undefined" in e.value.message and marked(e.value) == "log(dose)"
+
+
+# ====================================================================== log density
+def codes(col, df=DF):
+    labels, idx = np.unique(df[col].to_numpy(), return_inverse=True)
+    return jnp.asarray(idx), len(labels)
+
+
+def hand_4pl(df=DF, noncentered=False):
+    """The 4PL written by hand in NumPyro, with hbm's site names; controls by the double where."""
+    plate, n_plate = codes("plate", df)
+    comp, n_comp = codes("compound", df)
+    target, n_target = codes("target", df)
+    parent = np.zeros(n_comp, np.int32)
+    parent[np.asarray(comp)] = np.asarray(target)
+    dose = jnp.asarray(df["dose"].to_numpy(), jnp.float32)
+    y = jnp.asarray(df["response"].to_numpy(), jnp.float32)
+
+    def model():
+        bottom = numpyro.sample("bottom", dist.Normal(0.0, 20.0))
+        sd_b = numpyro.sample("sd(bottom | plate)", dist.HalfNormal(5.0))
+        with numpyro.plate("plate", n_plate):
+            r_b = numpyro.sample("r(bottom | plate)", dist.Normal(0.0, sd_b))
+        top = numpyro.sample("top", dist.Normal(100.0, 20.0))
+        sd_t = numpyro.sample("sd(top | plate)", dist.HalfNormal(5.0))
+        with numpyro.plate("plate", n_plate):
+            r_t = numpyro.sample("r(top | plate)", dist.Normal(0.0, sd_t))
+        lic = numpyro.sample("log_ic50", dist.Normal(0.0, 3.0))
+        sd_target = numpyro.sample("sd(log_ic50 | target)", dist.HalfNormal(2.0))
+        with numpyro.plate("target", n_target):
+            lic_t = numpyro.sample("log_ic50[target]", dist.Normal(lic, sd_target))
+        sd_comp = numpyro.sample("sd(log_ic50 | compound)", dist.HalfNormal(2.0))
+        with numpyro.plate("compound", n_comp):
+            lic_c = numpyro.sample("log_ic50[compound]", dist.Normal(lic_t[parent], sd_comp))
+        hill = jnp.exp(numpyro.sample("hill", dist.Normal(0.0, 0.5)))
+        sigma = numpyro.sample("sigma", dist.Exponential(0.2))
+        lo, hi = bottom + r_b[plate], top + r_t[plate]
+        control = dose == 0
+        x = jnp.log(jnp.where(control, 1.0, dose))
+        mu = jnp.where(control, hi, lo + (hi - lo) / (1.0 + jnp.exp(hill * (x - lic_c[comp]))))
+        with numpyro.plate("rows", len(y)):
+            numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+    if not noncentered:
+        return model
+    sites = ["bottom", "top", "log_ic50", "hill", "r(bottom | plate)", "r(top | plate)",
+             "log_ic50[target]", "log_ic50[compound]"]
+    return handlers.reparam(model, config={s: LocScaleReparam(0) for s in sites})
+
+
+def prior_draw(model, seed):
+    tr = handlers.trace(handlers.seed(model, seed)).get_trace()
+    return {k: v["value"] for k, v in tr.items() if v["type"] == "sample" and not v["is_observed"]}
+
+
+@pytest.mark.parametrize("noncentered", [False, True])
+def test_log_density_equals_a_hand_written_4pl(noncentered):
+    compiled = compile_(spec_of(), noncentered=noncentered)
+    hand = hand_4pl(noncentered=noncentered)
+    args = (compiled.rows, compiled.consts)
+    for seed in range(3):
+        params = prior_draw(hand, seed)
+        lp_hand, _ = log_density(hand, (), {}, params)
+        lp_comp, tr = log_density(compiled.numpyro_model, args, {}, params)
+        latent = {k for k, v in tr.items() if v["type"] == "sample" and not v.get("is_observed", False)}
+        assert latent == set(params)
+        assert np.isfinite(float(lp_hand))
+        np.testing.assert_allclose(float(lp_comp), float(lp_hand), rtol=1e-5, atol=1e-3)
+
+
+def _grad(model, args, params):
+    return jax.grad(lambda p: log_density(model, args, {}, p)[0])(params)
+
+
+def test_controls_at_dose_zero_give_finite_values_and_gradients():
+    compiled = compile_(spec_of(), noncentered=False)
+    hand = hand_4pl()
+    params = prior_draw(hand, 7)
+    g_comp = _grad(compiled.numpyro_model, (compiled.rows, compiled.consts), params)
+    g_hand = _grad(hand, (), params)
+    for k in params:
+        assert np.isfinite(np.asarray(g_comp[k])).all(), k
+        np.testing.assert_allclose(np.asarray(g_comp[k]), np.asarray(g_hand[k]), rtol=2e-3, atol=2e-3, err_msg=k)
+
+
+def test_controls_alone_have_the_top_asymptote_likelihood():
+    controls = DF[DF["dose"] == 0].reset_index(drop=True)
+    compiled = compile_(spec_of(), controls, noncentered=False)
+    rows, consts = compiled.rows, compiled.consts
+    assert np.isfinite(np.asarray(rows["data"]["log(dose)"])).all()  # finite stand-ins, never -inf
+    params = prior_draw(hand_4pl(controls), 3)
+    params["hill"] = jnp.float32(0.7)
+    model = compiled.numpyro_model
+    lp, _ = log_density(model, (rows, consts), {}, params)
+    prior, _ = log_density(model, (rows, consts), {"mode": "latent"}, params)
+    plate, _ = codes("plate", controls)
+    top = params["top"] + params["r(top | plate)"][plate]
+    asymptote = dist.Normal(top, params["sigma"]).log_prob(jnp.asarray(controls["response"], jnp.float32)).sum()
+    np.testing.assert_allclose(float(lp - prior), float(asymptote), rtol=1e-5, atol=1e-3)
+    grad = _grad(model, (rows, consts), params)
+    grad_prior = jax.grad(lambda p: log_density(model, (rows, consts), {"mode": "latent"}, p)[0])(params)
+    for k in params:
+        assert np.isfinite(np.asarray(grad[k])).all(), k
+    # the likelihood of controls does not depend on the slope or the IC50s
+    for k in ("hill", "log_ic50", "log_ic50[compound]", "bottom"):
+        np.testing.assert_allclose(np.asarray(grad[k]), np.asarray(grad_prior[k]), atol=1e-5, err_msg=k)
+
+
+# ====================================================================== simulation and recovery
+SIM_SPEC = spec_of(priors=PRIORS | {"sd(log_ic50 | target)": "half_normal(1)",
+                                    "sd(log_ic50 | compound)": "half_normal(1)"}, simulate={
+    "rows": 1200, "seed": 4,
+    "columns": {"target": {"levels": 4}, "compound": {"levels": 40, "within": "target"},
+                "plate": {"levels": 6},
+                "dose": {"doses": [0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100],
+                         "per": "compound", "count": [8, 10]}},
+    "params": {"bottom": 2, "top": 100, "sd(bottom | plate)": 2, "sd(top | plate)": 3, "log_ic50": -1,
+               "sd(log_ic50 | target)": 0.8, "sd(log_ic50 | compound)": 0.8, "hill": 0.1, "sigma": 5}})
+
+
+def test_simulated_dose_design():
+    df, truth = simulate(load_spec(SIM_SPEC))
+    series = df.groupby("compound")["dose"]
+    positive = df[df["dose"] > 0].groupby("compound")["dose"].nunique()
+    assert positive.between(8, 10).all() and (series.min() == 0).all()       # controls for every compound
+    assert (df.groupby(["compound", "dose"]).size() >= 2).all()              # replicates
+    assert (df.groupby("compound")["target"].nunique() == 1).all()           # compounds within targets
+    assert truth["hill"] == pytest.approx(0.1) and "log_ic50[compound=c00]" in truth
+
+
+def test_nuts_recovers_compound_ic50s():
+    spec = load_spec(SIM_SPEC)
+    df, truth = simulate(spec)
+    result = hbm.fit(hbm.compile(spec, df), engine="nuts", chains=1, warmup=400, samples=400, seed=1)
+    s = result.summary()
+    names = [n for n in truth if n.startswith("log_ic50[compound=")]
+    assert len(names) == 40
+    t = np.array([truth[n] for n in names])
+    covered = (s.loc[names, "q5"].to_numpy() <= t) & (t <= s.loc[names, "q95"].to_numpy())
+    assert covered.mean() >= 0.8, covered.mean()
+    assert np.corrcoef(s.loc[names, "mean"], t)[0, 1] > 0.9
+    lo, hi = s.loc["hill", ["q5", "q95"]]
+    assert lo - 0.05 <= truth["hill"] <= hi + 0.05
