@@ -60,6 +60,9 @@ from .resolve import _LinkScale, apply_priors, resolve
 from .table import TableInfo
 
 BOUNDS: dict[str, Callable] = {"real": lambda eta: eta, "positive": jnp.exp, "unit": jax.nn.sigmoid}
+# A parameter whose formula is chains only is drawn centred when its innermost levels hold at least
+# this many rows on average (see centring()).
+CENTRE_ROWS = 50
 _BOUND_TEXT = {"positive": "exp", "unit": "inv_logit"}
 
 
@@ -263,7 +266,8 @@ class NonlinearIR:
             bound = "" if p.bound == "real" else \
                 f"   [{p.bound}: {p.name} = {_BOUND_TEXT[p.bound]}(linear predictor); coefficients on the " \
                 f"{'log' if p.bound == 'positive' else 'logit'} scale]"
-            out.append(f"parameter {p.name} ~ {p.formula}{bound}")
+            centred = "   [centred: data-rich levels]" if self.noncentered and not p.model.noncentered else ""
+            out.append(f"parameter {p.name} ~ {p.formula}{bound}{centred}")
             out += ["  " + line for line in p.model.pretty(header=False).splitlines()]
         if self.family.params:
             out.append("family parameters")
@@ -352,7 +356,7 @@ def resolve_nonlinear(formula: N.NonlinearFormula, info: TableInfo, *, params: t
         except HbmError as e:
             problems.extend(_where(e, f"params: {name}"))
             continue
-        subs.append(NonlinearParam(name, text, bound[name], _prefixed(m, name)))
+        subs.append(NonlinearParam(name, text, bound[name], centring(_prefixed(m, name), info.n)))
     problems.raise_if_any()
 
     # priors: by the public names, each routed to its parameter's formula (or the family)
@@ -374,6 +378,24 @@ def resolve_nonlinear(formula: N.NonlinearFormula, info: TableInfo, *, params: t
     expr = stable(expr)
     limits = _limits(expr, leaves, bound, formula, src)
     return NonlinearIR(str(formula), head.response, head.family, expr, tuple(subs), limits, noncentered)
+
+
+def centring(m: ir.ModelIR, n_rows: int) -> ir.ModelIR:
+    """Draw a parameter's chains centred when the data pin each innermost level (``CENTRE_ROWS`` rows
+    or more per level on average) and the formula has no group terms.
+
+    Non-centred chains (``value = parent + sd * z``) suit levels the data say little about; for
+    data-rich levels (a compound's ~130 rows pin its log IC50 to +-0.05) the posterior is a ridge
+    along which a variational guide shrinks the upper levels: measured on the 4PL demo
+    (specs/dose_response.yaml), 90% intervals of the 60 targets' log IC50s covered 2% of the true
+    values non-centred (mean-field guide; 15% with the structured guide) and 88% centred, the
+    compounds' 87% either way. Group terms keep the non-centred form: their values are deviations
+    from the population value, and drawn centred they leave the same ridge between the two."""
+    if not m.noncentered or m.groups or not m.chains:
+        return m
+    if min(n_rows / m.plate(c.plates[0]).size for c in m.chains) < CENTRE_ROWS:
+        return m
+    return replace(m, noncentered=False)
 
 
 def _norm(name: str) -> str:
@@ -721,7 +743,7 @@ def build_nonlinear_outputs(model: NonlinearIR, sites: dict, enc: Encoding):
 def compile_nonlinear(spec, df, *, devices=None, noncentered: bool = True):
     """``hbm.compile_table`` for a spec with ``params:``: a :class:`hbm.compiler.CompiledModel`
     whose rows are flat (the order of the data), placed on the devices."""
-    from .compiler import CompiledModel, fingerprint, resolve_devices, shard_rows
+    from .compiler import CompiledModel, fingerprint, resolve_devices
     if spec.batch_size:
         raise HbmError("batch_size is not supported for non-linear formulas yet", where="batch_size",
                        hint="remove batch_size; the full data is used at every step")
@@ -733,9 +755,26 @@ def compile_nonlinear(spec, df, *, devices=None, noncentered: bool = True):
     n_dev = resolve_devices(devices if devices is not None else spec.devices)
     mesh = None
     if n_dev > 1:
-        rows, mesh = shard_rows(rows, n_dev)
+        rows, mesh = _shard(rows, n_dev)
     else:
         rows = jax.tree.map(jnp.asarray, rows)
     consts = jax.tree.map(jnp.asarray, consts)
     return CompiledModel(spec, formula, model, enc, rows, consts, make_nonlinear_model(model, mesh),
                          len(df), n_dev, fingerprint(df))
+
+
+def _shard(rows: dict, n_dev: int):
+    """Pad every per-row array (at any depth of ``rows``) to a multiple of ``n_dev``, padding masked,
+    and split them over a 1-D ``data`` mesh; XLA partitions the model's sums."""
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(AxisType.Auto,))
+    n = rows["y"].shape[0]
+    pad = (-n) % n_dev
+    rows = dict(rows, mask=np.concatenate([np.ones(n, bool), np.zeros(pad, bool)]))
+
+    def put(a):
+        a = np.asarray(a)
+        if pad and a.ndim and a.shape[0] == n:
+            a = np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
+        return jax.device_put(a, NamedSharding(mesh, P("data")))
+    return jax.tree.map(put, rows), mesh

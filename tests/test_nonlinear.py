@@ -401,3 +401,40 @@ def test_nuts_recovers_compound_ic50s():
     assert np.corrcoef(s.loc[names, "mean"], t)[0, 1] > 0.9
     lo, hi = s.loc["hill", ["q5", "q95"]]
     assert lo - 0.05 <= truth["hill"] <= hi + 0.05
+
+
+def test_data_rich_chains_are_centred_and_group_terms_are_not():
+    rich = assay(compounds=4, targets=2, reps=8)                 # 64 rows per compound
+    nl = compile_(spec_of(), rich).ir
+    centred = {p.name: not p.model.noncentered for p in nl.params}
+    assert centred == {"bottom": False, "top": False, "log_ic50": True, "hill": False}
+    assert "parameter log_ic50 ~ 1 | compound/target   [centred: data-rich levels]" in nl.pretty()
+    assert not any(not p.model.noncentered for p in compile_(spec_of()).ir.params)   # 16 rows per compound
+    assert all(not p.model.noncentered for p in compile_(spec_of(), rich, noncentered=False).ir.params)
+
+
+def test_rows_sharded_over_two_devices_give_the_same_log_density():
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+sys.path.insert(0, sys.argv[1])
+import jax, numpy as np, hbm
+from numpyro.infer.util import log_density
+from test_nonlinear import DF, hand_4pl, prior_draw, spec_of
+from hbm.spec import load_spec
+spec = load_spec(spec_of()).with_overrides(["noncentered=false"])
+df = DF.iloc[:-1]                                   # an odd number of rows: one padded row
+one, two = (hbm.compile(spec, df, devices=d) for d in (1, 2))
+p = prior_draw(hand_4pl(df), 0)
+lp = [float(log_density(m.numpyro_model, (), m.data, p)[0]) for m in (one, two)]
+g = jax.grad(lambda q: log_density(two.numpyro_model, (), two.data, q)[0])(p)
+assert two.n_devices == 2 and two.rows["mask"].shape[0] == len(df) + 1
+assert abs(lp[0] - lp[1]) < 1e-3 * abs(lp[0]), lp
+assert all(np.isfinite(np.asarray(v)).all() for v in g.values())
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
