@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print the summary of a finished fit")
     s.add_argument("run_dir")
 
+    k = sub.add_parser("compare", help="compare a fit's posterior with a reference fit's (say SVI with NUTS)")
+    k.add_argument("run_a", help="the run to judge")
+    k.add_argument("run_b", help="the reference run")
+    k.add_argument("--out", metavar="DIR", help="where compare.csv and compare.png go (default: RUN_A)")
+
     m = sub.add_parser("simulate", help="write synthetic data drawn from the spec")
     m.add_argument("spec")
     m.add_argument("--rows", type=int)
@@ -57,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"fit": cmd_fit, "check": cmd_check, "show": cmd_show, "simulate": cmd_simulate}[args.command](args)
+        return {"fit": cmd_fit, "check": cmd_check, "show": cmd_show, "compare": cmd_compare, "simulate": cmd_simulate}[args.command](args)
     except HbmError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -127,8 +132,21 @@ def cmd_fit(args) -> int:
     if "converged" in info:
         print(f"\n{spec.inference.engine}: {info.get('steps_run', '?')} steps, "
               + ("converged" if info["converged"] else f"stopped: {info.get('stop_reason', '?')}"))
+    from .diagnostics import report_lines
+    for line in report_lines(getattr(result, "diagnostics", None)):
+        print(line)
     path = result.save(run_dir, overwrite=args.overwrite)
     print(f"results written to {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare_runs, format_comparison, output_paths, write_comparison
+    csv, png = output_paths(args.run_a, args.out)   # checked before the work: never over a file
+    cmp = compare_runs(args.run_a, args.run_b)
+    print(format_comparison(cmp))
+    write_comparison(cmp, csv, png)
+    print(f"table written to {csv}, plot to {png}")
     return 0
 
 

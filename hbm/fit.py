@@ -34,6 +34,7 @@ class FitResult:
     config: object
     timings: dict = field(default_factory=dict)
     _summary: object = None
+    diagnostics: dict | None = None   # PSIS of a variational fit (hbm/diagnostics.py)
 
     @property
     def kind(self) -> str:
@@ -42,7 +43,8 @@ class FitResult:
     def summary(self):
         """One row per parameter element: mean, sd, quantiles and diagnostics (a DataFrame)."""
         if self._summary is None:
-            self._summary = summarize(self.outputs, self.kind)
+            from .diagnostics import summary_columns
+            self._summary = summary_columns(summarize(self.outputs, self.kind), self.diagnostics)
         return self._summary
 
     def to_arviz(self):
@@ -71,6 +73,7 @@ class FitResult:
                      "source": self.model.spec.data},
             "plates": {p.name: p.size for p in self.model.ir.plates},
             "convergence": _jsonable(self.engine.info),
+            **({"diagnostics": _jsonable(self.diagnostics)} if self.diagnostics else {}),
         }
 
     def save(self, run_dir, overwrite: bool = False) -> Path:
@@ -95,9 +98,14 @@ def fit(model: CompiledModel, engine: str | None = None, progress: Callable | No
     eng = get_engine(config.engine)
     result = eng.fit(FitProblem(model.numpyro_model, model.data), config, progress)
     t0 = time.perf_counter()
+    diagnostics = None
+    if "log_weight" in (result.sample_stats or {}):  # a guide's draws with their importance weights
+        from .diagnostics import check_fit
+        result, diagnostics = check_fit(result, config)
     sites = site_draws(model.numpyro_model, model.rows, model.consts, result.samples, config.seed)
     outputs = build_outputs(model.ir, sites, model.encoding)
-    return FitResult(model, result, outputs, config, {"summarise_s": time.perf_counter() - t0})
+    return FitResult(model, result, outputs, config, {"summarise_s": time.perf_counter() - t0},
+                     diagnostics=diagnostics)
 
 
 def _version() -> str:

@@ -24,8 +24,9 @@ FAMILIES = ("normal", "student_t", "poisson", "negative_binomial", "bernoulli", 
 FAMILY_ALIASES = {"gaussian": "normal", "student": "student_t", "t": "student_t",
                   "negbinomial": "negative_binomial", "negativebinomial": "negative_binomial",
                   "neg_binomial": "negative_binomial"}
-GUIDES = ("normal", "lowrank", "mvn", "delta")
+GUIDES = ("normal", "lowrank", "mvn", "structured", "delta")   # hbm.guides.GUIDES
 LOSSES = ("elbo", "renyi")
+CORRECTIONS = ("none", "psis")   # hbm.diagnostics.CORRECTIONS
 BOUNDS = ("real", "positive", "unit")
 MAX_STEPS = 10_000_000
 
@@ -35,8 +36,9 @@ class InferenceSpec:
     """How to fit: the engine and its settings (``inference:`` in the YAML)."""
 
     engine: str = "svi"            # svi | nuts | map | laplace | a registered plugin
-    guide: str = "normal"          # normal | lowrank | mvn | delta
-    rank: int | None = None        # lowrank guide rank
+    guide: str = "normal"          # normal | lowrank | mvn | structured | delta (hbm/guides.py)
+    rank: int | None = None        # lowrank guide rank (None: sqrt of the latent dimension)
+    correct: str = "none"          # none | psis: reweigh a guide's draws by PSIS (hbm/diagnostics.py)
     loss: str = "elbo"             # elbo | renyi
     alpha: float = 0.0             # renyi alpha
     particles: int = 1
@@ -352,7 +354,7 @@ def _thaw_map(pairs) -> dict:
 
 
 _INFERENCE = {
-    "engine": _text, "guide": _choice(GUIDES), "rank": _optional(_integer()),
+    "engine": _text, "guide": _choice(GUIDES), "rank": _optional(_integer()), "correct": _choice(CORRECTIONS),
     "loss": _choice(LOSSES), "alpha": _real(), "particles": _integer(), "optimizer": None,
     "steps": _integer(1, MAX_STEPS), "tolerance": _real("a non-negative number", lambda x: x >= 0),
     "draws": _integer(), "seed": _integer(0, 2**32 - 1), "warmup": _integer(0), "samples": _integer(),

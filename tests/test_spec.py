@@ -210,7 +210,7 @@ def test_all_problems_are_reported_together():
     ("inference.tolerance", -0.1, "inference.tolerance must be a non-negative number, got -0.1"),
     ("inference.tolerance", "nan", "inference.tolerance must be a non-negative number, got 'nan'"),
     ("inference.alpha", "x", "inference.alpha must be a number, got 'x'"),
-    ("inference.guide", "lowrnak", "inference.guide must be one of normal, lowrank, mvn, delta, got 'lowrnak'"),
+    ("inference.guide", "lowrnak", "inference.guide must be one of normal, lowrank, mvn, structured, delta, got 'lowrnak'"),
     ("inference.loss", "elob", "inference.loss must be one of elbo, renyi, got 'elob'"),
     ("inference.engine", "", "inference.engine must be a non-empty string"),
     ("inference.engine", 3, "inference.engine must be a non-empty string, got 3"),

@@ -45,24 +45,9 @@ from ..errors import HbmError, did_you_mean
 from .base import EngineResult, FitProblem, Progress, compile_once, split_kwargs, to_numpy
 from .optim import build_optimizer
 
-GUIDES = ("normal", "lowrank", "mvn", "delta")
+from ..guides import GUIDES, guide_factory  # noqa: E402,F401  (guides live in hbm/guides.py)
+
 LOSSES = ("elbo", "renyi")
-
-
-def guide_factory(kind: str, rank: int | None = None) -> Callable:
-    """``factory(model, init_loc_fn) -> AutoGuide`` for a guide name of ``inference.guide``."""
-    from numpyro.infer import autoguide as ag
-
-    if kind == "normal":
-        return lambda model, init: ag.AutoNormal(model, init_loc_fn=init)
-    if kind == "lowrank":
-        return lambda model, init: ag.AutoLowRankMultivariateNormal(
-            model, init_loc_fn=init, **({"rank": int(rank)} if rank else {}))
-    if kind == "mvn":
-        return lambda model, init: ag.AutoMultivariateNormal(model, init_loc_fn=init)
-    if kind == "delta":
-        return lambda model, init: ag.AutoDelta(model, init_loc_fn=init)
-    raise HbmError(f"unknown guide '{kind}'", where="inference.guide", hint=_hint(kind, GUIDES, "guides"))
 
 
 def make_elbo(config: Any):
@@ -264,7 +249,13 @@ class SVIEngine:
         fit = run_svi(problem, config, guide_factory(guide, getattr(config, "rank", None)),
                       make_elbo(config), progress=progress)
         t = time.perf_counter()
-        samples, _ = guide_draws(fit, int(config.seed) + 1, int(config.draws))
+        stats = {}
+        if guide == "delta":  # a point mass has no density to weigh draws by
+            samples, _ = guide_draws(fit, int(config.seed) + 1, int(config.draws))
+        else:  # each draw with its log importance weight, for hbm.diagnostics (PSIS)
+            from ..diagnostics import guide_draws_weighted
+            samples, log_w = guide_draws_weighted(fit, int(config.seed) + 1, int(config.draws))
+            stats["log_weight"] = log_w[None]
         fit.timings["sample_s"] = time.perf_counter() - t
         info = {"engine": self.name, "guide": guide, "loss": getattr(config, "loss", "elbo"),
                 "particles": int(getattr(config, "particles", 1) or 1), "draws": int(config.draws),
@@ -273,4 +264,4 @@ class SVIEngine:
             info["alpha"] = float(config.alpha)
         if guide == "lowrank":
             info["rank"] = getattr(config, "rank", None)
-        return EngineResult(samples=samples, sample_stats={}, loss=fit.loss, info=info, timings=fit.timings)
+        return EngineResult(samples=samples, sample_stats=stats, loss=fit.loss, info=info, timings=fit.timings)
