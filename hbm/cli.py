@@ -1,4 +1,4 @@
-"""The ``hbm`` command line: fit, check, show, simulate.
+"""The ``hbm`` command line: fit (and fit --resume), check, show, predict, simulate.
 
 Every bad input ends in a message and exit status 2, never a traceback.
 """
@@ -27,8 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     f = sub.add_parser("fit", help="fit a spec to data and write a run directory")
-    f.add_argument("spec")
+    f.add_argument("spec", nargs="?")
     f.add_argument("data", nargs="?")
+    f.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted fit from its last checkpoint (RUN_DIR or RUN_DIR.partial)")
     f.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
     f.add_argument("--engine")
     f.add_argument("--steps", type=int)
@@ -51,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("run_b", help="the reference run")
     k.add_argument("--out", metavar="DIR", help="where compare.csv and compare.png go (default: RUN_A)")
 
+    q = sub.add_parser("predict", help="posterior predictions for new rows from a finished fit")
+    q.add_argument("run_dir")
+    q.add_argument("data")
+    q.add_argument("--out", help="output file (.parquet or .csv); default: CSV on stdout")
+    q.add_argument("--draws", action="store_true",
+                   help="write the draws themselves (one column per draw) instead of summaries")
+    q.add_argument("--what", default="response", choices=("response", "mean", "eta"),
+                   help="response: posterior predictive draws of y (default); mean: E[y]; "
+                        "eta: the linear predictor")
+    q.add_argument("--seed", type=int, default=0)
+
     m = sub.add_parser("simulate", help="write synthetic data drawn from the spec")
     m.add_argument("spec")
     m.add_argument("--rows", type=int)
@@ -62,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"fit": cmd_fit, "check": cmd_check, "show": cmd_show, "compare": cmd_compare, "simulate": cmd_simulate}[args.command](args)
+        if args.command == "fit" and args.resume:
+            return cmd_resume(args)
+        return {"fit": cmd_fit, "check": cmd_check, "show": cmd_show, "predict": cmd_predict,
+                "compare": cmd_compare, "simulate": cmd_simulate}[args.command](args)
     except HbmError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -80,13 +96,18 @@ def main(argv: list[str] | None = None) -> int:
 def _spec(args):
     from .spec import load_spec
     spec = load_spec(args.spec)
+    overrides = _overrides(args)
+    return spec.with_overrides(overrides) if overrides else spec
+
+
+def _overrides(args) -> list[str]:
     overrides = list(getattr(args, "set", []) or [])
     for key in ("engine", "steps"):
         if getattr(args, key, None) is not None:
             overrides.append(f"inference.{key}={getattr(args, key)}")
     if getattr(args, "devices", None) is not None:
         overrides.append(f"devices={args.devices}")
-    return spec.with_overrides(overrides) if overrides else spec
+    return overrides
 
 
 def _data_arg(args):
@@ -100,6 +121,7 @@ def _data_arg(args):
 def cmd_check(args) -> int:
     from .compiler import compile_table, load_data
     spec = _spec(args)
+    _check_inference(spec)
     df, source = load_data(spec, _data_arg(args))
     model = compile_table(spec, df)
     print(f"spec      {spec.source_path or '(inline)'}   data: {source}")
@@ -108,22 +130,127 @@ def cmd_check(args) -> int:
     return 0
 
 
+def _check_inference(spec) -> None:
+    """The engine and optimizer named in the spec exist (found now, not after compiling)."""
+    from .engines.optim import build_optimizer
+    from .engines.registry import get_engine
+    get_engine(spec.inference.engine)
+    build_optimizer(spec.inference.optimizer)
+
+
 def cmd_fit(args) -> int:
+    from .checkpoint import partial_dir
     from .compiler import compile_table, load_data
-    from .fit import fit
-    from .results import format_summary
     from .rundir import new_run_dir
+    if args.spec is None:
+        raise HbmError("hbm fit needs a SPEC file", where="command line",
+                       hint="hbm fit SPEC [DATA], or hbm fit --resume RUN_DIR to continue an interrupted fit")
     spec = _spec(args)
+    _check_inference(spec)
     run_dir = new_run_dir(args.out, spec.name, overwrite=args.overwrite)
+    if partial_dir(run_dir).exists() and not args.overwrite:
+        raise HbmError(f"an interrupted fit of {run_dir} is in {partial_dir(run_dir)}",
+                       hint=f"continue it with `hbm fit --resume {run_dir}`, or pass --overwrite to start again")
     t0 = time.perf_counter()
-    df, source = load_data(spec, _data_arg(args))
+    data = _data_arg(args)
+    df, source = load_data(spec, data)
     model = compile_table(spec, df)
     compile_s = time.perf_counter() - t0
+    data_path = str(Path(data).resolve()) if data is not None else spec.data
+    resume = {"data": data_path, "source": str(source), "fingerprint": model.fingerprint,
+              "run_dir": str(run_dir), "overwrite": bool(args.overwrite)}
+    return _fit_and_save(args, spec, model, source, run_dir, compile_s, resume)
+
+
+def cmd_resume(args) -> int:
+    from .checkpoint import read_partial
+    from .compiler import compile_table, load_data
+    from .spec import load_spec
+    if args.spec is not None:
+        raise HbmError("--resume continues a fit with the spec it was started with; give no SPEC",
+                       where="command line", hint="change settings with --set key=value")
+    part, run_dir, spec_dict, info = read_partial(args.resume)
+    if args.out is not None and Path(args.out).resolve() != run_dir.resolve():
+        raise HbmError(f"--out {args.out} differs from the run directory {run_dir} of the interrupted fit",
+                       where="--out")
+    spec = load_spec(spec_dict)
+    overrides = _overrides(args)
+    if overrides:
+        spec = _resume_overrides(spec, overrides)
+    overwrite = bool(args.overwrite or info.get("overwrite"))
+    from .rundir import _check_target
+    _check_target(run_dir, overwrite)
+    t0 = time.perf_counter()
+    data = args.data if args.data is not None else info.get("data")
+    if data is not None and not Path(data).exists():
+        raise HbmError(f"the data of the interrupted fit is gone: {data}", where="data",
+                       hint="give the same data again: hbm fit --resume RUN_DIR DATA")
+    df, source = load_data(spec, data)
+    model = compile_table(spec, df)
+    if info.get("fingerprint") and model.fingerprint != info["fingerprint"]:
+        raise HbmError(f"the data differs from the data the interrupted fit started with ({source})",
+                       where="data", hint="resume with the same data, or start a new fit")
+    compile_s = time.perf_counter() - t0
+    args.overwrite = overwrite
+    return _fit_and_save(args, spec, model, source, run_dir, compile_s, dict(info), part=part)
+
+
+RESUMABLE = ("inference.steps", "inference.optimizer", "inference.tolerance", "inference.draws",
+             "inference.checkpoint_every", "inference.checkpoint_seconds", "devices")
+
+
+def _resume_overrides(spec, overrides: list[str]):
+    """``spec`` with ``overrides``, which may change how the fit goes on, never what is fitted."""
+    new = spec.with_overrides(overrides)
+    before, after = spec.to_dict(), new.to_dict()
+    for key in RESUMABLE:
+        head, _, rest = key.partition(".")
+        for d in (before, after):
+            if rest:
+                d[head].pop(rest, None)
+            else:
+                d.pop(head, None)
+    if before != after:
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        if changed[0] == "inference":
+            a, b = before["inference"], after["inference"]
+            changed = sorted(f"inference.{k}" for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise HbmError(f"--resume cannot change '{changed[0]}': the saved state belongs to the model "
+                       "and settings the fit started with", where="--set",
+                       hint="a resumed fit may change only " + ", ".join(RESUMABLE))
+    return new
+
+
+def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, part=None) -> int:
+    """Fit with checkpoints in ``<run_dir>.partial``, write the run directory, remove the partial one."""
+    from .checkpoint import Checkpointer, remove_partial, start_partial, write_resume_info
+    from .fit import fit
+    from .results import format_summary
     print(f"compiled {spec.name}: {model.n_rows:,} rows from {source}, "
           + ", ".join(f"{p.name} {p.size:,}" for p in model.ir.plates) + f" ({compile_s:.1f} s)",
           file=sys.stderr)
+    if part is None:
+        part = start_partial(run_dir, spec.to_dict(), overwrite=args.overwrite)
+    else:
+        from .checkpoint import SPEC_FILE, atomic_write
+        import yaml
+        from .rundir import _plain
+        atomic_write(part / SPEC_FILE, yaml.safe_dump(_plain(spec.to_dict()), sort_keys=False))
+    write_resume_info(part, resume)
+    print(f"checkpoints in {part} (after a crash: hbm fit --resume {run_dir})", file=sys.stderr)
+    ckpt = Checkpointer.from_config(part, spec.inference)
     bar = None if args.quiet else ProgressBar(spec.inference.engine)
-    result = fit(model, progress=bar)
+    try:
+        result = fit(model, progress=bar, checkpoint=ckpt)
+    except BaseException as e:
+        if bar:
+            bar.close()
+        if ckpt.saves == 0 and ckpt.resumed_from is None and not _holds_state(part):
+            remove_partial(part)   # nothing worth keeping: leave no litter
+        elif isinstance(e, KeyboardInterrupt):
+            print(f"the fit's last checkpoint is in {part}; continue with `hbm fit --resume {run_dir}`",
+                  file=sys.stderr)
+        raise
     if bar:
         bar.close()
     result.timings["compile_model_s"] = compile_s
@@ -136,7 +263,47 @@ def cmd_fit(args) -> int:
     for line in report_lines(getattr(result, "diagnostics", None)):
         print(line)
     path = result.save(run_dir, overwrite=args.overwrite)
+    remove_partial(part)
     print(f"results written to {path}")
+    return 0
+
+
+def _holds_state(part: Path) -> bool:
+    return (part / "svi.npz").exists() or any(part.glob("chain-*.npz"))
+
+
+def cmd_predict(args) -> int:
+    from .predict import Predictor, draws_frame
+    from .rundir import write_new_file
+    from .table import read_table
+    out = Path(args.out) if args.out else None
+    if args.draws and out is None:
+        raise HbmError("--draws writes a table with one column per draw: give --out FILE.parquet",
+                       where="--out")
+    if out is not None:
+        if out.exists():
+            raise HbmError(f"{out} exists; predict never writes over a file", where="--out",
+                           hint="choose another name, or remove the file first")
+        if out.suffix.lower() not in (".parquet", ".pq", ".csv"):
+            raise HbmError(f"cannot tell which format to write from '{out.name}'", where="--out",
+                           hint="name the output .parquet or .csv")
+    pred = Predictor.from_run(args.run_dir)
+    df = read_table(_data_arg(args))
+    res = pred.predict(df, what=args.what, seed=args.seed, draws=args.draws)
+    if args.draws:
+        res = draws_frame(res)
+    res = res.reset_index(drop=True)
+    res.insert(0, "row", range(len(res)))
+    if out is None:
+        res.to_csv(sys.stdout, index=False, float_format="%.6g")
+        return 0
+    if out.suffix.lower() == ".csv":
+        write_new_file(out, lambda p: res.to_csv(p, index=False, float_format="%.8g"))
+    else:
+        write_new_file(out, lambda p: res.to_parquet(p, index=False))
+    n_new = int((res["new_levels"] != "").sum()) if "new_levels" in res else 0
+    print(f"wrote {'draws' if args.draws else 'predictions'} for {len(res):,} rows to {out}"
+          + (f" ({n_new:,} with levels the fit never saw)" if n_new else ""), file=sys.stderr)
     return 0
 
 

@@ -78,14 +78,26 @@ class FitResult:
 
     def save(self, run_dir, overwrite: bool = False) -> Path:
         """Write the run directory (never over an existing run unless ``overwrite``)."""
+        from .predict import run_files
         from .rundir import save_fit
         return save_fit(run_dir, self.to_arviz(), self.summary(), self.model.spec.to_dict(),
-                        self.fit_info(), self.engine.loss, overwrite=overwrite)
+                        self.fit_info(), self.engine.loss, overwrite=overwrite, extra=run_files(self))
+
+    def predict(self, table, what: str = "response", seed: int = 0, draws: bool = False):
+        """Posterior predictions for new rows (see :mod:`hbm.predict`): per row mean, sd, q5, q50,
+        q95 and ``new_levels``; ``draws=True`` gives the draws, an array (rows, draws)."""
+        from .predict import Predictor
+        return Predictor.from_fit(self).predict(table, what=what, seed=seed, draws=draws)
 
 
 def fit(model: CompiledModel, engine: str | None = None, progress: Callable | None = None,
-        **overrides) -> FitResult:
-    """Fit ``model`` with an engine; keyword overrides replace ``inference:`` settings (steps=...)."""
+        checkpoint=None, **overrides) -> FitResult:
+    """Fit ``model`` with an engine; keyword overrides replace ``inference:`` settings (steps=...).
+
+    ``checkpoint``: a directory (or an :class:`hbm.checkpoint.Checkpointer`) where the engine
+    saves its state as ``inference.checkpoint_every`` / ``checkpoint_seconds`` say; a fit given
+    a directory that holds a state continues from it. Engines without checkpoints ignore it.
+    """
     config = model.spec.inference
     if engine is not None:
         overrides["engine"] = engine
@@ -96,7 +108,12 @@ def fit(model: CompiledModel, engine: str | None = None, progress: Callable | No
                        hint="settings: " + ", ".join(sorted(fields)))
     config = dataclasses.replace(config, **overrides)
     eng = get_engine(config.engine)
-    result = eng.fit(FitProblem(model.numpyro_model, model.data), config, progress)
+    kwargs = {}
+    if checkpoint is not None and _takes_checkpoint(eng):
+        from .checkpoint import Checkpointer
+        kwargs["checkpoint"] = checkpoint if isinstance(checkpoint, Checkpointer) else \
+            Checkpointer.from_config(checkpoint, config)
+    result = eng.fit(FitProblem(model.numpyro_model, model.data), config, progress, **kwargs)
     t0 = time.perf_counter()
     diagnostics = None
     if "log_weight" in (result.sample_stats or {}):  # a guide's draws with their importance weights
@@ -106,6 +123,15 @@ def fit(model: CompiledModel, engine: str | None = None, progress: Callable | No
     outputs = build_outputs(model.ir, sites, model.encoding)
     return FitResult(model, result, outputs, config, {"summarise_s": time.perf_counter() - t0},
                      diagnostics=diagnostics)
+
+
+def _takes_checkpoint(engine) -> bool:
+    import inspect
+    try:
+        params = inspect.signature(engine.fit).parameters
+    except (TypeError, ValueError):
+        return False
+    return "checkpoint" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _version() -> str:

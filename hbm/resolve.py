@@ -57,6 +57,9 @@ class _Resolver:
 
     # ------------------------------------------------------------------ top level
     def run(self, family_name, priors, noncentered) -> ir.ModelIR:
+        if self.info.n < 2:
+            raise HbmError("the data has a single row; a model needs at least two", where="data",
+                           hint="check the data file (or a filter that left one row)")
         top = self.split(self.f.rhs, allow_special=True)
         response, y, trials = self.response()
         fam, link, inferred = self.family(family_name, y, trials)
@@ -86,6 +89,7 @@ class _Resolver:
         placed = [(b, g) for g in top.groups for b in self.group_blocks(g, plates)]
         self.check_duplicate_values(list(zip(chains, top.chains)) + placed)
         groups = [b for b, _ in placed]
+        self.problems.raise_if_any()   # problems found in the group terms (a single level, ...)
 
         fam_params = tuple(ir.FamilyParam(p, self.scale.family_prior(p)) for p in FAMILIES[fam].params
                            if not (p == "sigma" and response.se))

@@ -7,6 +7,8 @@ A run directory holds (SPEC section 3)::
     spec.yaml      the resolved spec
     fit.json       engine, timings, devices, versions, data fingerprint, convergence
     loss.png       the loss curve (variational engines only)
+    model.json     the model's IR, and
+    encoding.json  level labels, transform statistics, factor levels: what ``hbm predict`` needs
 
 Writing is all-or-nothing: every file goes into a hidden sibling directory
 ``.<name>.tmp-<pid>`` which is renamed into place at the end, so an interrupted
@@ -151,6 +153,34 @@ def _install(tmp: Path, run_dir: Path, overwrite: bool) -> None:
     _remove(old)
 
 
+def write_new_file(path: Path | str, write: Callable[[Path], None]) -> Path:
+    """Write one file atomically and never over an existing one: ``write(tmp)`` writes a
+    temporary sibling, which is then linked into place (failing if ``path`` appeared)."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        raise HbmError(f"{path} exists; hbm never writes over an existing file", where="--out",
+                       hint="choose another name, or remove the file first")
+    if not path.parent.is_dir():
+        raise HbmError(f"cannot write {path}: the directory {path.parent} does not exist", where="--out")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)          # atomic, and refuses to replace a file that appeared meanwhile
+        except FileExistsError:
+            raise HbmError(f"{path} appeared while it was being written; not replacing it",
+                           where="--out") from None
+        except OSError:                 # a file system without hard links
+            if path.exists():
+                raise HbmError(f"{path} exists; hbm never writes over an existing file", where="--out") from None
+            os.rename(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 # ---------------------------------------------------------------- fit files
 
 def _plain(x):
@@ -203,8 +233,10 @@ def plot_loss(loss: np.ndarray, path: Path | str) -> None:
 
 
 def save_fit(run_dir: Path | str, idata, summary_df: pd.DataFrame, spec_dict: dict,
-             fit_info: dict, loss: np.ndarray | None = None, overwrite: bool = False) -> Path:
-    """Write a finished fit's files as ``run_dir`` (atomically, see :func:`write_run`)."""
+             fit_info: dict, loss: np.ndarray | None = None, overwrite: bool = False,
+             extra: Mapping[str, FileContent] | None = None) -> Path:
+    """Write a finished fit's files as ``run_dir`` (atomically, see :func:`write_run`);
+    ``extra`` adds files (name -> content), e.g. what ``hbm predict`` reads."""
     import yaml
     files: dict[str, FileContent] = {
         "posterior.nc": lambda p: save_netcdf(idata, p),
@@ -214,6 +246,7 @@ def save_fit(run_dir: Path | str, idata, summary_df: pd.DataFrame, spec_dict: di
     }
     if loss is not None and np.asarray(loss).size:
         files["loss.png"] = lambda p: plot_loss(loss, p)
+    files.update(extra or {})
     return write_run(run_dir, files, overwrite=overwrite)
 
 

@@ -52,6 +52,8 @@ class InferenceSpec:
     chains: int = 4                # nuts
     target_accept: float = 0.8     # nuts
     max_tree_depth: int = 10       # nuts
+    checkpoint_every: int | None = None       # save the fit's state every N steps (None: by time only)
+    checkpoint_seconds: float | None = 60.0   # ... and at least every M seconds (None: by steps only)
     options: tuple[tuple[str, Any], ...] = ()   # free-form options for plugin engines
 
 
@@ -359,7 +361,8 @@ _INFERENCE = {
     "steps": _integer(1, MAX_STEPS), "tolerance": _real("a non-negative number", lambda x: x >= 0),
     "draws": _integer(), "seed": _integer(0, 2**32 - 1), "warmup": _integer(0), "samples": _integer(),
     "chains": _integer(), "target_accept": _real("a number between 0 and 1 (exclusive)", lambda x: 0 < x < 1),
-    "max_tree_depth": _integer(), "options": None,
+    "max_tree_depth": _integer(), "checkpoint_every": _optional(_integer(1, MAX_STEPS)),
+    "checkpoint_seconds": _optional(_real("a positive number of seconds", lambda x: x > 0)), "options": None,
 }
 _SIMULATE = {"rows": _integer(), "seed": _integer(0, 2**32 - 1), "columns": None, "params": None}
 _TOP = ("formula", "name", "family", "priors", "data", "simulate", "inference", "devices",

@@ -111,7 +111,26 @@ class TableInfo:
 
     def is_categorical(self, name: str) -> bool:
         s = self.df[name]
-        return not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s))
+        if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            return False
+        self._check_mostly_numbers(name, s)
+        return True
+
+    def _check_mostly_numbers(self, name: str, s: pd.Series) -> None:
+        """A column of numbers with a few stray strings ("abc", "n/a") is a data error, not a factor."""
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            return
+        values = s.dropna()
+        parsed = pd.to_numeric(values, errors="coerce")
+        bad = parsed.isna().to_numpy()
+        if bad.any() and (~bad).sum() >= max(1, len(values) // 2):
+            rows = np.flatnonzero(bad)
+            shown = ", ".join(f"{values.iloc[r]!r} (row {values.index[r]})" for r in rows[:3])
+            raise HbmError(f"column '{name}' has values that are not numbers: {shown}"
+                           + (f" and {len(rows) - 3} more" if len(rows) > 3 else ""),
+                           where=f"column '{name}'",
+                           hint="fix or drop those rows; if the column really is categorical, write "
+                                f"factor({name})")
 
     # ---- grouping factors
     def levels(self, columns: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:

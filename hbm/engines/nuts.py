@@ -7,6 +7,8 @@ there are at least as many local devices as chains. (NumPyro's own
 models.) ``sample_stats`` holds, per chain and draw: ``diverging``,
 ``accept_prob``, ``num_steps`` (leapfrog steps, the tree size), ``energy`` and
 ``step_size``.
+Given a ``checkpoint`` (:class:`hbm.checkpoint.Checkpointer`), chains run one after
+another save each finished chain, and a resumed fit runs only the chains not saved.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ class NUTSEngine:
 
     name = "nuts"
 
-    def fit(self, problem: FitProblem, config: Any, progress: Progress | None = None) -> EngineResult:
+    def fit(self, problem: FitProblem, config: Any, progress: Progress | None = None,
+            checkpoint: Any = None) -> EngineResult:
         import jax
         from numpyro.infer import MCMC, NUTS
         from numpyro.infer.initialization import init_to_median
@@ -52,10 +55,15 @@ class NUTSEngine:
         if progress is not None:
             progress(0, total, None)
         parallel = chains > 1 and jax.local_device_count() >= chains
+        # chains one after another: each finished chain is saved, and a resumed fit reuses it
+        meta = {"seed": int(config.seed), "chains": chains, "warmup": warmup, "samples": draws,
+                "target_accept": float(config.target_accept), "max_tree_depth": depth, "latent": latent}
+        saved = [checkpoint.load_chain(c, meta) if checkpoint is not None and not parallel else None
+                 for c in range(chains)]
         t0 = time.perf_counter()
         if parallel:
             run = jax.pmap(one_chain, in_axes=(0, None)).lower(keys, dyn).compile()
-        else:
+        elif any(got is None for got in saved):
             run = compile_once(one_chain, keys[0], dyn)
         compile_s = time.perf_counter() - t0
 
@@ -65,9 +73,16 @@ class NUTSEngine:
             if progress is not None:
                 progress(total, total, None)
         else:
-            outs = []
+            outs, reused = [], 0
             for c in range(chains):
-                outs.append(jax.device_get(run(keys[c], dyn)))
+                got = saved[c]
+                if got is None:
+                    got = jax.device_get(run(keys[c], dyn))
+                    if checkpoint is not None:
+                        checkpoint.save_chain(c, *got, meta)
+                else:
+                    reused += 1
+                outs.append(got)
                 if progress is not None:
                     progress((c + 1) * (warmup + draws), total, None)
             samples, stats = (jax.tree.map(lambda *xs: np.stack(xs), *[o[i] for o in outs]) for i in (0, 1))
@@ -84,5 +99,7 @@ class NUTSEngine:
             "mean_accept_prob": float(stats["accept_prob"].mean()),
             "steps_run": warmup + draws, "converged": None, "stop_reason": "done",
         }
+        if not parallel and checkpoint is not None:
+            info["chains_resumed"] = reused
         timings = {"compile_s": compile_s, "fit_s": fit_s, "sample_s": None}
         return EngineResult(samples=samples, sample_stats=stats, loss=None, info=info, timings=timings)

@@ -29,6 +29,12 @@ not finite the fit stops and raises :class:`HbmError` naming the step, with
 the last parameters that gave a finite loss as ``err.last_state`` (constrained
 guide parameters, NumPy) and the loss history as ``err.loss``.
 
+Checkpoints (``checkpoint=``, an :class:`hbm.checkpoint.Checkpointer`): the SVI
+state and the loop's state are saved between pieces of a block, as often as
+``inference.checkpoint_every`` / ``checkpoint_seconds`` say, at the end, and at a
+non-finite loss (the last good state); a fit given a checkpoint that holds a state
+continues from it and ends where the uninterrupted fit ends (same updates, same keys).
+
 Timings: ``init_s`` (compiling and running the initialisation), ``compile_s``
 (that plus compiling the step block), ``fit_s`` (running the blocks; steps/s =
 steps_run / fit_s), ``sample_s`` (drawing from the guide, compilation included).
@@ -84,8 +90,13 @@ class SVIFit:
 
 
 def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
-            progress: Progress | None = None, on_init: Callable | None = None) -> SVIFit:
-    """Optimise ``factory``'s guide for ``problem`` (see the module docstring for the rules)."""
+            progress: Progress | None = None, on_init: Callable | None = None,
+            checkpoint: Any = None) -> SVIFit:
+    """Optimise ``factory``'s guide for ``problem`` (see the module docstring for the rules).
+
+    ``checkpoint`` (an :class:`hbm.checkpoint.Checkpointer`): continue from its saved
+    state if it has one, and save the state as it says, at the end, and at a non-finite loss.
+    """
     import jax
     import jax.numpy as jnp
     from jax import lax
@@ -139,24 +150,58 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     init_s = time.perf_counter() - t0
     if on_init is not None:
         on_init(state)
+    history: list[np.ndarray] = []
+    done, calm, prev, rel, mean = 0, 0, None, None, float("nan")
+    stop, finished = "max_steps", False
+    saved = checkpoint.load_svi() if checkpoint is not None else None
+    if saved is not None:
+        state = checkpoint.restore(saved, state)
+        history, done = [saved.loss], saved.step
+        loop = saved.loop
+        size = int(loop.get("block", size))  # the blocks the fit started with, so the stopping rule continues
+        calm, prev, rel = int(loop.get("calm", 0)), loop.get("prev"), loop.get("rel")
+        mean = float(loop["mean"]) if loop.get("mean") is not None else float("nan")
+        stop, finished = loop.get("stop", stop), bool(loop.get("finished", False))
+    first = done   # the step this run starts from (a resumed fit starts where it stopped)
     step_block = compile_once(block, state, dyn, np.int32(size))
     compile_s = time.perf_counter() - t0
 
+    def loop_state(**kw):
+        return {"block": size, "calm": calm, "prev": prev, "rel": rel, "mean": mean, "stop": stop,
+                "finished": False, **kw}
+
     t1 = time.perf_counter()
-    history: list[np.ndarray] = []
-    done, calm, prev, rel, mean = 0, 0, None, None, float("nan")
-    stop = "max_steps"
-    while done < steps:
-        n = min(size, steps - done)
-        start, (state, losses, ran) = state, step_block(state, dyn, np.int32(n))
-        losses = np.asarray(losses, np.float64)[: int(ran)]
-        history.append(losses)
-        if not np.isfinite(losses[-1]):
-            # losses[j] is evaluated at the j-th state of the block: replay to the last finite one
-            k = len(losses) - 2
-            good = start if k <= 0 else step_block(start, dyn, np.int32(k))[0]
-            _raise_non_finite(done + len(losses), good, np.concatenate(history), in_trace)
-        done += n
+    piece = checkpoint.piece(size) if checkpoint is not None else size
+    # losses of the block under way (a resumed fit may start inside one)
+    in_block = history[0][done - done % size:] if history else np.empty(0)
+    block_parts = [in_block] if in_block.size else []
+    while not finished and done < steps:
+        # a block is [k * size, (k + 1) * size) (the last one cut at steps), run in pieces
+        block_end = min(done - done % size + size, steps)
+        while done < block_end:
+            n = min(piece, block_end - done)
+            start, (state, losses, ran) = state, step_block(state, dyn, np.int32(n))
+            losses = np.asarray(losses, np.float64)[: int(ran)]
+            history.append(losses)
+            block_parts.append(losses)
+            if not np.isfinite(losses[-1]):
+                # losses[j] is evaluated at the j-th state of the piece: replay to the last finite one
+                k = len(losses) - 2
+                good = start if k <= 0 else step_block(start, dyn, np.int32(k))[0]
+                full = np.concatenate(history)
+                where = None
+                if checkpoint is not None:
+                    good_step = done + max(k, 0)
+                    checkpoint.save_svi(good, good_step, full, loop_state(
+                        non_finite_step=done + len(losses)))
+                    where = str(checkpoint.dir)
+                _raise_non_finite(done + len(losses), good, full, in_trace, where)
+            done += n
+            if done < block_end and checkpoint is not None and checkpoint.due(done):
+                checkpoint.save_svi(state, done, np.concatenate(history), loop_state())
+        losses = np.concatenate(block_parts)
+        n = losses.size
+        block_parts = []
         mean = float(losses.mean())
         if progress is not None:
             progress(done, steps, mean)
@@ -167,6 +212,11 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
                 stop = "converged"
                 break
         prev = mean
+        if done < steps and checkpoint is not None and checkpoint.due(done):
+            checkpoint.save_svi(state, done, np.concatenate(history), loop_state())
+    if checkpoint is not None and not finished:
+        history = [np.concatenate(history)] if history else []
+        checkpoint.save_svi(state, done, history[0] if history else np.empty(0), loop_state(finished=True))
     fit_s = time.perf_counter() - t1
 
     loss = np.concatenate(history)
@@ -174,23 +224,29 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
         "steps": steps, "steps_run": done, "converged": stop == "converged", "stop_reason": stop,
         "tolerance": tol, "rel_change": rel, "block": size, "final_loss": mean,
         "optimizer": str(getattr(config, "optimizer", None) or "adam(lr=0.01)"),
-        "steps_per_s": done / fit_s if fit_s > 0 else None,
+        "steps_per_s": (done - first) / fit_s if fit_s > 0 and done > first else None,
     }
+    if checkpoint is not None:
+        info["checkpoints"] = checkpoint.saves
+        if checkpoint.resumed_from is not None:
+            info["resumed_from_step"] = checkpoint.resumed_from
     return SVIFit(state, loss, info, {"init_s": init_s, "compile_s": compile_s, "fit_s": fit_s}, in_trace)
 
 
-def _raise_non_finite(step: int, state, loss: np.ndarray, in_trace: Callable):
-    err = HbmError(
-        f"the loss became non-finite at step {step}; the fit stopped there",
-        where="inference",
-        hint="look for priors far wider than the data's scale, unscaled predictors (try scale(x)), "
-             "or too large a learning rate (e.g. optimizer: adam(lr=0.001))")
+def _raise_non_finite(step: int, state, loss: np.ndarray, in_trace: Callable, saved_in: str | None = None):
+    hint = ("look for priors far wider than the data's scale, unscaled predictors (try scale(x)), "
+            "or too large a learning rate (e.g. optimizer: adam(lr=0.001))")
+    if saved_in:
+        hint += f"; the last good state is saved in {saved_in}"
+    err = HbmError(f"the loss became non-finite at step {step}; the fit stopped there",
+                   where="inference", hint=hint)
     try:
         err.last_state = to_numpy(in_trace(lambda svi, params, kw: params)(state))
     except Exception:  # the error itself matters more than the parameters attached to it
         err.last_state = None
     err.loss = loss
     err.step = step
+    err.checkpoint = saved_in
     raise err
 
 
@@ -244,10 +300,11 @@ class SVIEngine:
 
     name = "svi"
 
-    def fit(self, problem: FitProblem, config: Any, progress: Progress | None = None) -> EngineResult:
+    def fit(self, problem: FitProblem, config: Any, progress: Progress | None = None,
+            checkpoint: Any = None) -> EngineResult:
         guide = getattr(config, "guide", "normal") or "normal"
         fit = run_svi(problem, config, guide_factory(guide, getattr(config, "rank", None)),
-                      make_elbo(config), progress=progress)
+                      make_elbo(config), progress=progress, checkpoint=checkpoint)
         t = time.perf_counter()
         stats = {}
         if guide == "delta":  # a point mass has no density to weigh draws by
