@@ -9,6 +9,7 @@ A fit started by ``hbm fit`` works in ``<run_dir>.partial/`` until it is done::
     loss.f64       the loss history, appended at every checkpoint (raw float64; svi.npz says
                    how many values belong to it, so a torn append is cut off on reading)
     chain-<k>.npz  each finished NUTS chain (chains run one after another)
+    lock           held (flock) by the process fitting, so two fits never share the directory
 
 When the fit ends, the run directory is written (all at once, see
 :func:`hbm.rundir.write_run`) and the partial directory removed. Every file
@@ -244,12 +245,47 @@ def run_dir_of(partial: Path | str) -> Path:
     return p.with_name(p.name[: -len(PARTIAL_SUFFIX)]) if p.name.endswith(PARTIAL_SUFFIX) else p
 
 
+LOCK_FILE = "lock"
+
+
+def lock_partial(part: Path):
+    """Hold ``part`` for this process (an exclusive ``flock``, released when the process ends, even
+    by SIGKILL); the returned file keeps the lock until closed. Two fits never share a partial directory."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock (Windows): no guard
+        return None
+    part.mkdir(parents=True, exist_ok=True)
+    f = open(part / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise HbmError(f"another hbm process is fitting in {part} right now",
+                       hint="wait for it to finish, or stop it first") from None
+    return f
+
+
+def is_locked(part: Path) -> bool:
+    """Whether a running process holds ``part``."""
+    if not (part / LOCK_FILE).exists():
+        return False
+    try:
+        lock_partial(part).close()
+        return False
+    except HbmError:
+        return True
+
+
 def start_partial(run_dir: Path, spec_dict: dict, overwrite: bool = False) -> Path:
     """Create ``<run_dir>.partial`` holding the resolved spec; refuse to clobber an interrupted fit."""
     import yaml
     from .rundir import _plain
     part = partial_dir(run_dir)
     if part.exists():
+        if is_locked(part):
+            raise HbmError(f"another hbm process is fitting {run_dir} right now (in {part})",
+                           hint="wait for it to finish, or choose another --out")
         if not overwrite:
             raise HbmError(f"an interrupted fit of {run_dir} is in {part}",
                            hint=f"continue it with `hbm fit --resume {run_dir}`, or pass --overwrite "
@@ -279,6 +315,9 @@ def read_partial(path: Path | str) -> tuple[Path, Path, dict, dict]:
                            hint=f"see it with `hbm show {run}`")
         raise HbmError(f"no interrupted fit at {path} (no {part.name} directory)",
                        hint="--resume takes the run directory (--out) of a fit that was interrupted")
+    if is_locked(part):
+        raise HbmError(f"the fit of {run} is still running (in {part})",
+                       hint="--resume continues a fit that was interrupted; wait for this one to finish")
     spec_path, info_path = part / SPEC_FILE, part / RESUME_FILE
     if not spec_path.exists() or not info_path.exists():
         raise HbmError(f"{part} holds no resumable fit (the fit stopped before its first step)",

@@ -139,7 +139,7 @@ def _check_inference(spec) -> None:
 
 
 def cmd_fit(args) -> int:
-    from .checkpoint import partial_dir
+    from .checkpoint import is_locked, partial_dir
     from .compiler import compile_table, load_data
     from .rundir import new_run_dir
     if args.spec is None:
@@ -148,9 +148,14 @@ def cmd_fit(args) -> int:
     spec = _spec(args)
     _check_inference(spec)
     run_dir = new_run_dir(args.out, spec.name, overwrite=args.overwrite)
-    if partial_dir(run_dir).exists() and not args.overwrite:
-        raise HbmError(f"an interrupted fit of {run_dir} is in {partial_dir(run_dir)}",
-                       hint=f"continue it with `hbm fit --resume {run_dir}`, or pass --overwrite to start again")
+    if partial_dir(run_dir).exists():
+        if is_locked(partial_dir(run_dir)):
+            raise HbmError(f"another hbm process is fitting {run_dir} right now (in {partial_dir(run_dir)})",
+                           hint="wait for it to finish, or choose another --out")
+        if not args.overwrite:
+            raise HbmError(f"an interrupted fit of {run_dir} is in {partial_dir(run_dir)}",
+                           hint=f"continue it with `hbm fit --resume {run_dir}`, or pass --overwrite to "
+                                "start again")
     t0 = time.perf_counter()
     data = _data_arg(args)
     df, source = load_data(spec, data)
@@ -223,7 +228,7 @@ def _resume_overrides(spec, overrides: list[str]):
 
 def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, part=None) -> int:
     """Fit with checkpoints in ``<run_dir>.partial``, write the run directory, remove the partial one."""
-    from .checkpoint import Checkpointer, remove_partial, start_partial, write_resume_info
+    from .checkpoint import Checkpointer, lock_partial, remove_partial, start_partial, write_resume_info
     from .fit import fit
     from .results import format_summary
     print(f"compiled {spec.name}: {model.n_rows:,} rows from {source}, "
@@ -231,7 +236,9 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, p
           file=sys.stderr)
     if part is None:
         part = start_partial(run_dir, spec.to_dict(), overwrite=args.overwrite)
+        lock = lock_partial(part)
     else:
+        lock = lock_partial(part)
         from .checkpoint import SPEC_FILE, atomic_write
         import yaml
         from .rundir import _plain
@@ -250,6 +257,8 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, p
         elif isinstance(e, KeyboardInterrupt):
             print(f"the fit's last checkpoint is in {part}; continue with `hbm fit --resume {run_dir}`",
                   file=sys.stderr)
+        if lock is not None:
+            lock.close()
         raise
     if bar:
         bar.close()
@@ -264,6 +273,8 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, p
         print(line)
     path = result.save(run_dir, overwrite=args.overwrite)
     remove_partial(part)
+    if lock is not None:
+        lock.close()
     print(f"results written to {path}")
     return 0
 

@@ -3,6 +3,8 @@ loss keeps the last good state; the same spec, data and seed give the same resul
 finished chains."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -84,9 +86,12 @@ def runs(work):
         if seen is not None and seen >= 8 * EVERY:
             break
         time.sleep(0.01)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        running = (cli.main(["fit", "--resume", str(work / "killed")]), err)   # not while it runs
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    return {"ref": ref + [_finish(second)], "seen": seen, "part": part, "cache": cache}
+    return {"ref": ref + [_finish(second)], "seen": seen, "part": part, "cache": cache, "running": running}
 
 
 def test_the_same_seed_gives_the_same_results(work, runs):
@@ -102,6 +107,8 @@ def test_the_same_seed_gives_the_same_results(work, runs):
 def test_a_killed_fit_resumes_and_ends_as_an_uninterrupted_one(work, runs, capsys):
     part, seen = runs["part"], runs["seen"]
     killed = work / "killed"
+    code, err = runs["running"]
+    assert code == 2 and "still running" in err.getvalue(), err.getvalue()
     assert not killed.exists() and part.is_dir()
     ckpt = Checkpointer(part).load_svi()           # the checkpoint on disk is whole
     # nothing saved before the kill was lost, and checkpoints came every EVERY steps
