@@ -95,7 +95,7 @@ def curve_draws(result, by: str | None = None, levels=None, n: int = 6, draws: i
             fn = handlers.substitute(handlers.seed(model.numpyro_model, 0), data=sample)
             return fn(sub, model.consts, mode="params")
         theta = {k: np.asarray(v, np.float64).mean(-1)[:, None]        # (draws, 1): mean over its rows
-                 for k, v in jax.vmap(values)(flat).items()}
+                 for k, v in jax.jit(jax.vmap(values))(flat).items()}
 
         def curve(e, x):
             with np.errstate(all="ignore"):

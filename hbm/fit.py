@@ -78,10 +78,12 @@ class FitResult:
 
     def save(self, run_dir, overwrite: bool = False) -> Path:
         """Write the run directory (never over an existing run unless ``overwrite``)."""
+        from .curves import curve_files
         from .predict import run_files
         from .rundir import save_fit
         return save_fit(run_dir, self.to_arviz(), self.summary(), self.model.spec.to_dict(),
-                        self.fit_info(), self.engine.loss, overwrite=overwrite, extra=run_files(self))
+                        self.fit_info(), self.engine.loss, overwrite=overwrite,
+                        extra={**run_files(self), **curve_files(self)})
 
     def predict(self, table, what: str = "response", seed: int = 0, draws: bool = False):
         """Posterior predictions for new rows (see :mod:`hbm.predict`): per row mean, sd, q5, q50,

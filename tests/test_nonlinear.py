@@ -182,11 +182,10 @@ def test_names_follow_the_spec():
     sites = handlers.trace(handlers.seed(model.numpyro_model, 0)).get_trace(**model.data)
     assert {"p", "p:x", "r(p + p:x | plate)", "q:factor(f)", "r(q | compound)", "sigma"} <= set(sites) | {
         s.removesuffix("_decentered") for s in sites}
-    latent = {k: v["value"][None, None] for k, v in sites.items() if v["type"] == "sample"
-              and not v["is_observed"]}
-    from hbm.outputs import build_outputs, site_draws
-    out = build_outputs(model.ir, site_draws(model.numpyro_model, model.rows, model.consts, latent),
-                        model.encoding)
+    from hbm.outputs import build_outputs
+    values = {k: np.asarray(v["value"])[None, None] for k, v in sites.items()
+              if v["type"] in ("sample", "deterministic")}
+    out = build_outputs(model.ir, values, model.encoding)
     from hbm.results import element_names
     elements = [n for v in out.vars for n in element_names(v, out.coords, out.plate_dims)]
     assert {"p", "p:x", "sd(p | plate)", "p[plate=p0]", "p:x[plate=p3]", "q:factor(f)[u]",
@@ -328,8 +327,8 @@ def test_log_density_equals_a_hand_written_4pl(noncentered):
         np.testing.assert_allclose(float(lp_comp), float(lp_hand), rtol=1e-5, atol=1e-3)
 
 
-def _grad(model, args, params):
-    return jax.grad(lambda p: log_density(model, args, {}, p)[0])(params)
+def _grad(model, args, params, kwargs=None):
+    return jax.jit(jax.grad(lambda p, a: log_density(model, a, kwargs or {}, p)[0]))(params, args)
 
 
 def test_controls_at_dose_zero_give_finite_values_and_gradients():
@@ -358,7 +357,7 @@ def test_controls_alone_have_the_top_asymptote_likelihood():
     asymptote = dist.Normal(top, params["sigma"]).log_prob(jnp.asarray(controls["response"], jnp.float32)).sum()
     np.testing.assert_allclose(float(lp - prior), float(asymptote), rtol=1e-5, atol=1e-3)
     grad = _grad(model, (rows, consts), params)
-    grad_prior = jax.grad(lambda p: log_density(model, (rows, consts), {"mode": "latent"}, p)[0])(params)
+    grad_prior = _grad(model, (rows, consts), params, {"mode": "latent"})
     for k in params:
         assert np.isfinite(np.asarray(grad[k])).all(), k
     # the likelihood of controls does not depend on the slope or the IC50s
@@ -388,7 +387,7 @@ def test_simulated_dose_design():
     assert truth["hill"] == pytest.approx(0.1) and "log_ic50[compound=c00]" in truth
 
 
-def test_nuts_recovers_compound_ic50s():
+def test_nuts_recovers_compound_ic50s_and_the_run_has_curves(tmp_path):
     spec = load_spec(SIM_SPEC)
     df, truth = simulate(spec)
     result = hbm.fit(hbm.compile(spec, df), engine="nuts", chains=1, warmup=400, samples=400, seed=1)
@@ -401,6 +400,16 @@ def test_nuts_recovers_compound_ic50s():
     assert np.corrcoef(s.loc[names, "mean"], t)[0, 1] > 0.9
     lo, hi = s.loc["hill", ["q5", "q95"]]
     assert lo - 0.05 <= truth["hill"] <= hi + 0.05
+
+    from hbm.curves import curve_draws
+    c = curve_draws(result, levels=["c00", "c07"], draws=50)
+    assert c["by"] == "compound" and c["leaf"] == "log(dose)" and c["limit"] == "log(dose) = -inf"
+    e = c["levels"]["c07"]
+    assert len(e["x"]) + len(e["limit_y"]) == (df["compound"] == "c07").sum() and len(e["limit_y"]) >= 2
+    assert (np.diff(e["q50"]) <= 1e-6).all()                      # an inhibition curve falls with the dose
+    assert abs(e["limit_fit"] - e["q50"][0]) < 2.0                # the controls' limit continues it
+    path = result.save(tmp_path / "run")                          # hbm fit writes the same directory
+    assert (path / "curves.png").stat().st_size > 10_000 and (path / "summary.csv").exists()
 
 
 def test_data_rich_chains_are_centred_and_group_terms_are_not():
@@ -429,8 +438,8 @@ spec = load_spec(spec_of()).with_overrides(["noncentered=false"])
 df = DF.iloc[:-1]                                   # an odd number of rows: one padded row
 one, two = (hbm.compile(spec, df, devices=d) for d in (1, 2))
 p = prior_draw(hand_4pl(df), 0)
-lp = [float(log_density(m.numpyro_model, (), m.data, p)[0]) for m in (one, two)]
-g = jax.grad(lambda q: log_density(two.numpyro_model, (), two.data, q)[0])(p)
+lp = [float(jax.jit(lambda q, d: log_density(m.numpyro_model, (), d, q)[0])(p, m.data)) for m in (one, two)]
+g = jax.jit(jax.grad(lambda q, d: log_density(two.numpyro_model, (), d, q)[0]))(p, two.data)
 assert two.n_devices == 2 and two.rows["mask"].shape[0] == len(df) + 1
 assert abs(lp[0] - lp[1]) < 1e-3 * abs(lp[0]), lp
 assert all(np.isfinite(np.asarray(v)).all() for v in g.values())
@@ -438,3 +447,4 @@ assert all(np.isfinite(np.asarray(v)).all() for v in g.values())
     out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+
