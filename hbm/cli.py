@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a spec key, e.g. --set inference.draws=500")
     f.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.add_argument("--distributed", action="store_true",
+                   help="one of several processes fitting together (hbm.distributed); with --coordinator, "
+                        "--num-processes, --process-id or HBM_COORDINATOR, HBM_NUM_PROCESSES, HBM_PROCESS_ID")
+    f.add_argument("--coordinator", metavar="HOST:PORT")
+    f.add_argument("--num-processes", type=int)
+    f.add_argument("--process-id", type=int)
 
     c = sub.add_parser("check", help="parse, validate and describe the model; no fitting")
     c.add_argument("spec")
@@ -139,7 +145,14 @@ def _check_inference(spec) -> None:
 
 
 def cmd_fit(args) -> int:
+<<<<<<< Updated upstream
     from .checkpoint import is_locked, partial_dir
+=======
+    if getattr(args, "distributed", False):
+        from .distributed import cmd_fit as cmd_fit_distributed
+        return cmd_fit_distributed(args)
+    from .checkpoint import partial_dir
+>>>>>>> Stashed changes
     from .compiler import compile_table, load_data
     from .rundir import new_run_dir
     if args.spec is None:

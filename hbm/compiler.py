@@ -3,6 +3,11 @@
     model = hbm.compile("spec.yaml", df)
     model.ir                          # the inspectable intermediate form
     model.numpyro_model(**model.data) # plain NumPyro
+
+``model.rows`` are the per-row arrays of ``hbm.encode`` in the data's order;
+``model.data`` are what the engines fit: the same rows in the fit layout
+(``hbm.layout``), placed on the devices (``hbm.devices``), or a stream of
+minibatches (``hbm.batching``).
 """
 from __future__ import annotations
 
@@ -10,14 +15,15 @@ import hashlib
 from dataclasses import dataclass
 from typing import Callable
 
-import jax
 import numpy as np
 import pandas as pd
 
 from . import ast as A
 from . import ir as ir_mod
+from .devices import data_mesh, place, resolve_devices, shard_rows  # noqa: F401 (shard_rows: API)
 from .encode import Encoding, encode
 from .errors import HbmError
+from .layout import Layout, build_rows, plan_layout
 from .lower import make_model
 from .parse import parse_formula
 from .resolve import resolve
@@ -39,16 +45,27 @@ class CompiledModel:
     n_rows: int
     n_devices: int
     fingerprint: str
+    fit_rows: dict | None = None       # the rows as fitted (layout, devices); None: ``rows``
+    fit_consts: dict | None = None
+    layout: Layout | None = None
+    batches: object = None             # hbm.batching.BatchStream when ``batch_size`` is set
 
     @property
     def data(self) -> dict:
-        """Keyword arguments of ``numpyro_model``."""
-        return {"rows": self.rows, "consts": self.consts}
+        """Keyword arguments of ``numpyro_model`` for fitting."""
+        if self.batches is not None:
+            return self.batches.model_kwargs()
+        if self.fit_rows is None:
+            return {"rows": self.rows, "consts": self.consts}
+        return {"rows": self.fit_rows, "consts": self.fit_consts}
 
     def describe(self) -> str:
         """What ``hbm check`` prints: the IR, the data size, the devices."""
-        return (self.ir.pretty() + f"\ndata      {self.n_rows:,} rows" +
+        text = (self.ir.pretty() + f"\ndata      {self.n_rows:,} rows" +
                 (f", sharded over {self.n_devices} devices" if self.n_devices > 1 else ""))
+        if self.batches is not None:
+            text += f", minibatches of {self.batches.batch_size:,} rows"
+        return text
 
 
 def load_data(spec: Spec, table=None) -> tuple[pd.DataFrame, str]:
@@ -71,7 +88,10 @@ def compile(spec, table=None, *, devices: int | str | None = None) -> CompiledMo
     return compile_table(spec, df, devices=devices)
 
 
-def compile_table(spec: Spec, df: pd.DataFrame, *, devices=None, noncentered=None) -> CompiledModel:
+def compile_table(spec: Spec, df: pd.DataFrame, *, devices=None, noncentered=None,
+                  layout: str | None = None) -> CompiledModel:
+    """Compile ``spec`` against the DataFrame ``df``; ``layout`` ("auto", "panel", "flat"; default
+    ``HBM_LAYOUT`` or "auto") picks the fit layout (``hbm.layout``)."""
     if spec.params:  # a non-linear formula: hbm.nonlinear compiles it
         from .nonlinear import compile_nonlinear
         return compile_nonlinear(spec, df, devices=devices,
@@ -82,44 +102,20 @@ def compile_table(spec: Spec, df: pd.DataFrame, *, devices=None, noncentered=Non
                        noncentered=spec.noncentered if noncentered is None else noncentered)
     rows, consts, enc = encode(model_ir, info)
     n_dev = resolve_devices(devices if devices is not None else spec.devices)
-    mesh = None
-    if n_dev > 1:
-        rows, mesh = shard_rows(rows, n_dev)
+    mesh = data_mesh(n_dev) if n_dev > 1 else None
+    model_fn = make_model(model_ir, mesh)
+    if spec.batch_size:
+        from .batching import batched_model
+        return batched_model(spec, formula, model_ir, enc, rows, consts, model_fn, mesh, fingerprint(df))
+    plan = plan_layout(model_ir, rows["idx"], len(df), layout)
+    fit_rows, fit_consts = place(*build_rows(model_ir, plan, rows), mesh)
+    fit_consts = {**place({}, consts, mesh)[1], **fit_consts}
+    if plan.kind == "flat" and mesh is None:
+        rows, consts = fit_rows, fit_consts
     else:
-        rows = jax.tree_util.tree_map(jax.numpy.asarray, rows)
-    consts = jax.tree_util.tree_map(jax.numpy.asarray, consts)
-    return CompiledModel(spec, formula, model_ir, enc, rows, consts, make_model(model_ir, mesh),
-                         len(df), n_dev, fingerprint(df))
-
-
-def resolve_devices(devices) -> int:
-    """How many devices to shard over: ``auto`` takes every local device."""
-    available = jax.local_device_count()
-    if devices in (None, "auto"):
-        return available
-    n = int(devices)
-    if n > available:
-        raise HbmError(f"devices: {n} asked for, but only {available} available",
-                       where="devices", hint="on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N "
-                       "before starting, or use devices: auto")
-    return n
-
-
-def shard_rows(rows: dict, n_dev: int):
-    """Pad rows to a multiple of ``n_dev`` (padding masked) and place them on a 1-D ``data`` mesh."""
-    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-    mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(AxisType.Auto,))
-    n = rows["y"].shape[0]
-    pad = (-n) % n_dev
-    rows = dict(rows)
-    rows["mask"] = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)])
-
-    def put(a):
-        a = np.asarray(a)
-        if pad and a.shape[0] == n:
-            a = np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
-        return jax.device_put(a, NamedSharding(mesh, P("data")))
-    return jax.tree_util.tree_map(put, rows), mesh
+        rows, consts = place(rows, consts, None)
+    return CompiledModel(spec, formula, model_ir, enc, rows, consts, model_fn, len(df), n_dev, fingerprint(df),
+                         fit_rows, fit_consts, plan)
 
 
 def fingerprint(df: pd.DataFrame) -> str:

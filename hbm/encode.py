@@ -75,13 +75,7 @@ def encode(model: ir.ModelIR, info: TableInfo) -> tuple[dict, dict, Encoding]:
             rows["Z"][plate] = np.stack([column_values(c, info) for c in slopes], axis=1).astype(np.float32)
     for p in model.plates:
         labels.setdefault(p.name, info.levels(p.columns)[1])
-    consts = {"parent": {}}
-    for child, parent in model.nestings:
-        ci, _ = info.levels(model.plate(child).columns)
-        co, _ = info.levels(model.plate(parent).columns)
-        m = np.zeros(model.plate(child).size, np.int32)
-        m[ci] = co
-        consts["parent"][f"{child}>{parent}"] = m
+    consts = encode_consts(model, info)
     factors = {}
     for t in model.population:
         for c in t.columns:
@@ -90,6 +84,19 @@ def encode(model: ir.ModelIR, info: TableInfo) -> tuple[dict, dict, Encoding]:
                     factors[part.column] = info.levels((part.column,))[1]
     assert all(len(v) == n for k, v in rows.items() if not isinstance(v, dict))
     return rows, consts, Encoding(labels, dict(info.stats), factors)
+
+
+def encode_consts(model: ir.ModelIR, info: TableInfo) -> dict:
+    """Model constants: the parent level of every level of a nested plate (from all the rows:
+    a process holding a share of them passes a view of the whole table, ``hbm.distributed``)."""
+    consts = {"parent": {}}
+    for child, parent in model.nestings:
+        ci, _ = info.levels(model.plate(child).columns)
+        co, _ = info.levels(model.plate(parent).columns)
+        m = np.zeros(model.plate(child).size, np.int32)
+        m[ci] = co
+        consts["parent"][f"{child}>{parent}"] = m
+    return consts
 
 
 def column_values(col: ir.DesignColumn, info: TableInfo) -> np.ndarray:

@@ -114,9 +114,9 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
             with numpyro.plate("obs", eta.shape[0]):
                 numpyro.sample("y", family.make(eta, model.family.link, aux, _extra(rows)))
         elif mode == "fit":
-            numpyro.factor("loglik", lik.total(params, rows, scale))
+            numpyro.factor("loglik", lik.total(params, rows, scale, consts))
         elif mode == "eta":
-            return lik.eta(params, rows)
+            return lik.eta(params, rows, consts)
 
     reparams = reparam_config(model) if model.noncentered else {}
     if not reparams:

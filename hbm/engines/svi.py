@@ -106,6 +106,8 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     optim = build_optimizer(getattr(config, "optimizer", None))
     model = problem.model
     dyn, rebuild = split_kwargs(problem.model_kwargs)
+    from ..batching import batch_stream
+    stream = batch_stream(problem.model_kwargs)  # minibatches (hbm.batching): a new chunk per call
     steps = int(config.steps)
     if steps < 1:
         raise HbmError(f"steps must be at least 1, got {steps}", where="inference.steps")
@@ -180,6 +182,7 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
         block_end = min(done - done % size + size, steps)
         while done < block_end:
             n = min(piece, block_end - done)
+            dyn = dyn if stream is None else stream.advance(dyn, rebuild)
             start, (state, losses, ran) = state, step_block(state, dyn, np.int32(n))
             losses = np.asarray(losses, np.float64)[: int(ran)]
             history.append(losses)

@@ -1,0 +1,195 @@
+"""Minibatches: ``batch_size: B`` fits by subsampled SVI, rows streamed from host memory.
+
+Each step the model sees a batch of B rows (the flat layout of
+``hbm.encode``, the same arrays as ``rows``) and ``scale = N / B``, so the
+scaled batch log-likelihood is an unbiased estimate of the full one
+(``Likelihood.total`` multiplies by ``scale``).
+
+How rows get there:
+
+- The host keeps every row (NumPy). A *chunk* of C rows (all N when they fit
+  in ``CHUNK_ROWS``, else a window of a running random permutation) is put on
+  the devices, split into one part per device, each part followed by a copy
+  of its first rows so that windows can wrap around.
+- Each step draws a random offset (from the step's random key) and takes the
+  B contiguous rows starting there in every device's part (cyclically): every
+  row of the chunk is in the batch with the same probability, so the estimate
+  is unbiased. No gather: a dynamic slice.
+- When the chunk is not all the data, a new chunk is put in place before each
+  compiled block of steps (``advance``); the next one is drawn and copied to
+  the devices by a background thread while the current block runs.
+
+The model function for fitting is ``batched(model)``: called with
+``rows={"chunk": ..., "stream": ...}`` it picks the batch; called with plain
+rows it is the model itself (posterior summaries, simulation).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import HbmError
+from .layout import Layout, build_rows
+
+CHUNK_ROWS = 1 << 22     # rows kept on the devices at a time (when the data has more)
+ENGINES = ("svi", "map")  # engines whose steps may use a different batch each
+
+
+class BatchStream:
+    """The host rows, the chunk on the devices, and the next chunk being prepared."""
+
+    def __init__(self, rows: dict, consts: dict, batch_size: int, seed: int = 0, mesh=None,
+                 chunk_rows: int | None = None):
+        self.rows = rows                        # flat NumPy rows (with "lp0")
+        self.n = int(rows["y"].shape[0])
+        self.mesh = mesh
+        self.devices = 1 if mesh is None else mesh.devices.size
+        d = self.devices
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise HbmError(f"batch_size must be at least 1, got {batch_size}", where="batch_size")
+        self.per_device = -(-min(self.batch_size, self.n) // d)          # Bd
+        chunk = max(chunk_rows or CHUNK_ROWS, self.per_device * d)
+        self.whole = chunk >= self.n
+        self.chunk_per_device = -(-self.n // d) if self.whole else chunk // d   # Cd
+        self.chunk_real = self.n if self.whole else self.chunk_per_device * d
+        self.scale = float(self.n / self.chunk_real * self.chunk_per_device / self.per_device)
+        self._rng = np.random.default_rng(seed)
+        self._perm, self._pos = self._rng.permutation(self.n), 0
+        self._consts = consts
+        self._current = self._make_chunk()
+        self._next: dict | None = None
+        self._thread: threading.Thread | None = None
+        self.chunks = 1
+
+    # ---- what the engine sees
+    def model_kwargs(self) -> dict:
+        return {"rows": {"chunk": self._current, "stream": self}, "consts": self._consts}
+
+    def advance(self, dyn: list, rebuild: Callable) -> list:
+        """``dyn`` (the engine's array arguments) with the next chunk in place of the current one;
+        the same ``dyn`` when the chunk is all the data."""
+        if self.whole:
+            return dyn
+        from .engines.base import split_kwargs
+        kw = rebuild(dyn)
+        kw["rows"] = {"chunk": self.next_chunk(), "stream": self}
+        return split_kwargs(kw)[0]
+
+    def next_chunk(self) -> dict:
+        """Put the next chunk in place (the prefetched one) and start preparing the one after."""
+        if self.whole:
+            return self._current
+        self._current = self._take_next()
+        self.chunks += 1
+        self._prefetch()
+        return self._current
+
+    @property
+    def chunk(self) -> dict:
+        return self._current
+
+    # ---- chunks
+    def _indices(self) -> np.ndarray:
+        if self.whole:
+            return self._perm
+        out, need = [], self.chunk_real
+        while need:
+            take = min(need, self.n - self._pos)
+            out.append(self._perm[self._pos:self._pos + take])
+            self._pos += take
+            need -= take
+            if self._pos == self.n:
+                self._perm, self._pos = self._rng.permutation(self.n), 0
+        return np.concatenate(out)
+
+    def _make_chunk(self) -> dict:
+        idx = self._indices()
+        d, cd, bd = self.devices, self.chunk_per_device, self.per_device
+        mask = np.zeros(d * cd, bool)
+        mask[: len(idx)] = True
+        pos = np.zeros(d * cd, np.int64)
+        pos[: len(idx)] = idx
+
+        def part(a):
+            a = np.asarray(a)[pos].reshape((d, cd) + np.shape(a)[1:])
+            wrap = np.concatenate([a, a[:, :bd]], axis=1)        # windows may run past the end
+            return self._put(wrap)
+
+        chunk = jax.tree.map(part, {k: v for k, v in self.rows.items() if k != "mask"})
+        if not mask.all():
+            chunk["mask"] = part(mask)
+        return chunk
+
+    def _put(self, a: np.ndarray):
+        if self.mesh is None:
+            return jnp.asarray(a)
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        return jax.device_put(a, NamedSharding(self.mesh, P("data")))
+
+    def _prefetch(self) -> None:
+        def work():
+            self._next = self._make_chunk()
+            jax.block_until_ready(self._next)
+        self._thread = threading.Thread(target=work, daemon=True)
+        self._thread.start()
+
+    def _take_next(self) -> dict:
+        if self._thread is None:
+            self._prefetch()
+        self._thread.join()
+        nxt, self._next, self._thread = self._next, None, None
+        return nxt
+
+
+def window(stream: BatchStream, chunk: dict, start) -> dict:
+    """The batch at ``start``: ``per_device`` rows from there in every device's part of the chunk."""
+    bd = stream.per_device
+
+    def take(a):
+        w = jax.lax.dynamic_slice_in_dim(a, start, bd, axis=1)
+        return w.reshape((a.shape[0] * bd,) + a.shape[2:])
+    return jax.tree.map(take, chunk)
+
+
+def batched(model: Callable) -> Callable:
+    """The model for minibatch fitting (see the module docstring)."""
+    import numpyro
+
+    def model_fn(rows, consts, mode="fit", scale=None):
+        if isinstance(rows, dict) and "chunk" in rows:
+            stream = rows["stream"]
+            key = numpyro.prng_key()
+            cd = stream.chunk_per_device
+            start = jax.random.randint(key, (), 0, cd) if key is not None and cd > 1 else 0
+            return model(window(stream, rows["chunk"], start), consts, mode, stream.scale)
+        return model(rows, consts, mode, scale)
+    return model_fn
+
+
+def batched_model(spec, formula, model_ir, enc, rows, consts, model_fn, mesh, fingerprint):
+    """A CompiledModel that fits on minibatches of ``spec.batch_size`` rows (``hbm.compiler``)."""
+    from .compiler import CompiledModel
+    from .devices import place
+
+    if spec.inference.engine not in ENGINES:
+        raise HbmError(f"batch_size needs an optimisation engine ({', '.join(ENGINES)}), "
+                       f"not {spec.inference.engine}", where="batch_size",
+                       hint="remove batch_size, or use engine: svi")
+    n = int(rows["y"].shape[0])
+    host_rows, _ = build_rows(model_ir, Layout("flat", n), rows)
+    stream = BatchStream(host_rows, place({}, consts, mesh)[1], spec.batch_size,
+                         seed=int(spec.inference.seed), mesh=mesh)
+    n_dev = 1 if mesh is None else mesh.devices.size
+    return CompiledModel(spec, formula, model_ir, enc, rows, consts, batched(model_fn), n, n_dev,
+                         fingerprint, layout=Layout("flat", n), batches=stream)
+
+
+def batch_stream(model_kwargs: dict) -> BatchStream | None:
+    """The stream of a minibatch fit's model arguments, or None (the engines' hook)."""
+    rows = model_kwargs.get("rows") if isinstance(model_kwargs, dict) else None
+    return rows.get("stream") if isinstance(rows, dict) else None

@@ -1,0 +1,156 @@
+"""Several processes: ``hbm fit --distributed`` over 2 processes x 2 CPU devices on 127.0.0.1 gives the
+loss trajectory of one process; each process reads only its share of the row groups; only process 0
+writes the run directory."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from hbm.distributed import SharedLevels, shares
+from hbm.errors import HbmError
+from hbm.rundir import load_run
+from hbm.table import TableInfo
+
+SPEC = textwrap.dedent("""\
+    name: dist
+    formula: log(units) ~ 0 + log(price) | product/category + 1 | product + (1 | category:period)
+    family: poisson
+    priors:
+      log(price): normal(-2, 1)
+      sd(log(price) | category): 0.5
+      sd(log(price) | product): 1
+      sd(1 | product): 2
+      sd(1 | category:period): 1
+    inference: {steps: 60, tolerance: 0, draws: 20, seed: 3}
+    """)
+
+
+def _panel(products=40, periods=12, seed=0) -> pd.DataFrame:
+    """Products nested in categories over periods, about 10% of the cells missing; the product labels
+    are not in data order, so level codes depend on seeing the whole file."""
+    rng = np.random.default_rng(seed)
+    cat = rng.integers(0, 4, products)
+    p, t = np.meshgrid(np.arange(products), np.arange(periods), indexing="ij")
+    p, t = p.reshape(-1), t.reshape(-1)
+    keep = rng.uniform(size=p.size) > 0.1
+    p, t = p[keep], t[keep]
+    price = np.exp(rng.normal(0, 0.3, p.size))
+    a = rng.normal(-2, 0.5, products)
+    units = rng.poisson(np.exp(2.0 + a[p] * np.log(price) + rng.normal(0, 0.3, products)[p]))
+    names = np.array([f"p{(17 * i) % products:03d}" for i in range(products)])
+    return pd.DataFrame({"product": names[p], "category": np.array(["c1", "c3", "c0", "c2"])[cat[p]],
+                         "period": t, "price": price, "units": units})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _hbm(args, devices: int, env_extra: dict | None = None):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu", **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "hbm.cli", "fit", *map(str, args), "--quiet"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_match_one(tmp_path):
+    df = _panel()
+    data = tmp_path / "panel.parquet"
+    df.to_parquet(data, index=False, row_group_size=97)   # row groups cut through products
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    port = _free_port()
+    # one process, flat rows; two processes, panel layout with block rows cut between processes
+    single = _hbm([spec, data, "--out", tmp_path / "one"], 1, {"HBM_LAYOUT": "flat"})
+    # process 1 through the environment variables, process 0 through the flags
+    procs = [_hbm([spec, data, "--out", tmp_path / "two", "--distributed", "--coordinator", f"127.0.0.1:{port}",
+                   "--num-processes", 2, "--process-id", 0], 2, {"HBM_LAYOUT": "panel"}),
+             _hbm([spec, data, "--out", tmp_path / "two", "--distributed"], 2,
+                  {"HBM_COORDINATOR": f"127.0.0.1:{port}", "HBM_NUM_PROCESSES": "2", "HBM_PROCESS_ID": "1",
+                   "HBM_LAYOUT": "panel"})]
+    outs = [p.communicate(timeout=300) for p in [single] + procs]
+    for p, (out, err) in zip([single] + procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "results written" in outs[1][0] and "results written" not in outs[2][0]
+    one, two = load_run(tmp_path / "one"), load_run(tmp_path / "two")
+    assert two.fit_info["devices"]["count"] == 4 and two.fit_info["data"]["rows"] == len(df)
+    np.testing.assert_allclose(two.loss(), one.loss(), rtol=2e-4)
+    assert len(one.loss()) == 60
+    s1, s2 = one.summary, two.summary
+    assert list(s1.index) == list(s2.index)
+    np.testing.assert_allclose(s2["mean"].to_numpy(), s1["mean"].to_numpy(), rtol=1e-2, atol=1e-2)
+    # the observed data are every row's response, in the file's order
+    obs = two.idata().observed_data["y"].values.reshape(-1)
+    np.testing.assert_array_equal(obs, df["units"].to_numpy().astype(np.float32))
+
+
+def test_shares_are_contiguous_and_balanced():
+    assert shares([10] * 4, 2) == [[0, 1], [2, 3]]
+    assert shares([1, 1, 100], 2) == [[0, 1], [2]]
+    parts = shares([3] * 10, 4)
+    assert sum(parts, []) == list(range(10)) and all(parts)
+    with pytest.raises(HbmError, match="fewer than the 3 processes"):
+        shares([5, 5], 3)
+
+
+def test_local_codes_follow_the_whole_table(tmp_path):
+    df = _panel()
+    path = tmp_path / "d.parquet"
+    df.to_parquet(path, index=False, row_group_size=50)
+    from hbm.distributed import ColumnFrame
+    pf = pq.ParquetFile(path)
+    whole = TableInfo(ColumnFrame(pf), "")
+    part = pf.read_row_groups([2, 3]).to_pandas()
+    local = SharedLevels(part, "", whole)
+    for cols in [("product",), ("category", "period")]:
+        codes, labels = local.levels(cols)
+        wcodes, wlabels = whole.levels(cols)
+        assert labels == wlabels
+        np.testing.assert_array_equal(codes, wcodes[100:100 + len(part)])
+
+
+@pytest.mark.parametrize("layout", ["panel", "flat"])
+def test_shares_of_the_rows_add_up_to_the_whole(layout):
+    """What each process builds from its share (block rows cut between shares, padded to a common
+    length) adds up to the single-process log-likelihood."""
+    import jax
+    from numpyro import handlers
+    from numpyro.infer.util import log_density
+
+    from hbm.compiler import compile_table
+    from hbm.devices import place
+    from hbm.layout import build_rows
+    from hbm.spec import load_spec
+
+    df = _panel()
+    spec = load_spec(SPEC)
+    m = compile_table(spec, df, layout=layout)
+    tr = handlers.trace(handlers.seed(m.numpyro_model, 0)).get_trace(m.rows, m.consts)
+    params = {k: v["value"] for k, v in tr.items() if v["type"] == "sample" and not v["is_observed"]}
+    logp = jax.jit(lambda p, r, c: log_density(m.numpyro_model, (r, c), {}, p)[0])
+    flat_rows = jax.tree.map(np.asarray, m.rows)
+    prior = float(jax.jit(lambda p: log_density(m.numpyro_model, (m.rows, m.consts), {"mode": "latent"}, p)[0])(
+        params))
+    whole = float(logp(params, m.rows, m.consts))
+    cuts = [0, 130, 131, len(df)]              # the middle share is a single row
+    blocks = [np.unique(m.layout.block[a:b]) if layout == "panel" else None for a, b in zip(cuts, cuts[1:])]
+    length = max(len(b) for b in blocks) if layout == "panel" else max(np.diff(cuts))
+    total = 0.0
+    for (a, b), blk in zip(zip(cuts, cuts[1:]), blocks):
+        part = jax.tree.map(lambda v: v[a:b], flat_rows)
+        rows, lay = build_rows(m.ir, m.layout, part, np.arange(a, b), blk, mask=True)
+        rows, consts = place(rows, {**jax.tree.map(np.asarray, m.consts), **lay}, None)
+        from hbm.layout import pad_rows
+        rows = jax.tree.map(jax.numpy.asarray, pad_rows(jax.tree.map(np.asarray, rows), 1, length))
+        total += float(logp(params, rows, consts)) - prior
+    np.testing.assert_allclose(total + prior, whole, rtol=1e-5)
