@@ -145,14 +145,10 @@ def _check_inference(spec) -> None:
 
 
 def cmd_fit(args) -> int:
-<<<<<<< Updated upstream
-    from .checkpoint import is_locked, partial_dir
-=======
     if getattr(args, "distributed", False):
         from .distributed import cmd_fit as cmd_fit_distributed
         return cmd_fit_distributed(args)
-    from .checkpoint import partial_dir
->>>>>>> Stashed changes
+    from .checkpoint import is_locked, partial_dir
     from .compiler import compile_table, load_data
     from .rundir import new_run_dir
     if args.spec is None:
