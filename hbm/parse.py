@@ -208,33 +208,23 @@ class _ToCall(Transformer):
 # ---------------------------------------------------------------- entry points
 def parse_formula(text: str) -> A.Formula:
     """Parse a linear model formula such as ``y ~ x + (1 | g)``."""
-    if not isinstance(text, str) or not text.strip():
-        raise HbmError("the formula is empty", where="formula",
-                       hint="write it as 'response ~ predictors', e.g. 'y ~ x + (1 | g)'")
-    if "~" not in text:
-        raise HbmError("a formula needs '~' between the response and the predictors",
-                       span=Span(0, len(text)), source=text, where="formula",
-                       hint="e.g. 'y ~ x + (1 | g)'")
-    tree = _parse(text, "formula")
-    try:
-        return _ToAst(text).transform(tree)
-    except lark.exceptions.VisitError as e:
-        if isinstance(e.orig_exc, HbmError):
-            raise e.orig_exc from None
-        raise
+    return _parse_formula_text(text, "formula", "predictors", "y ~ x + (1 | g)")
 
 
 def parse_nonlinear(text: str) -> N.NonlinearFormula:
     """Parse a non-linear formula such as ``y ~ a * exp(-b * x)`` (its names are columns or
     parameters declared under ``params:``; see :mod:`hbm.nonlinear`)."""
+    return _parse_formula_text(text, "nl_formula", "expression", "y ~ a * exp(-b * x)")
+
+
+def _parse_formula_text(text: str, start: str, right: str, example: str):
     if not isinstance(text, str) or not text.strip():
         raise HbmError("the formula is empty", where="formula",
-                       hint="write it as 'response ~ expression', e.g. 'y ~ a * exp(-b * x)'")
+                       hint=f"write it as 'response ~ {right}', e.g. '{example}'")
     if "~" not in text:
-        raise HbmError("a formula needs '~' between the response and the expression",
-                       span=Span(0, len(text)), source=text, where="formula",
-                       hint="e.g. 'y ~ a * exp(-b * x)'")
-    tree = _parse(text, "nl_formula")
+        raise HbmError(f"a formula needs '~' between the response and the {right}",
+                       span=Span(0, len(text)), source=text, where="formula", hint=f"e.g. '{example}'")
+    tree = _parse(text, start)
     try:
         return _ToAst(text).transform(tree)
     except lark.exceptions.VisitError as e:
