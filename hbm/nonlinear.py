@@ -40,7 +40,7 @@ parameter's as on a unit scale (``student_t(3, 0, 2.5)``). A parameter on anothe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Union
 
 import jax
