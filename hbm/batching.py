@@ -116,7 +116,9 @@ class BatchStream:
         pos[: len(idx)] = idx
 
         def part(a):
-            a = np.asarray(a)[pos].reshape((d, cd) + np.shape(a)[1:])
+            a = np.asarray(a)[pos]
+            a[~mask] = 0                                          # padding: zeros, masked (as hbm.layout)
+            a = a.reshape((d, cd) + np.shape(a)[1:])
             wrap = np.concatenate([a, a[:, :bd]], axis=1)        # windows may run past the end
             return self._put(wrap)
 

@@ -134,6 +134,9 @@ def compile_file(spec, path: str | Path, layout: str | None = None):
     from .resolve import resolve
 
     path = Path(path)
+    if spec.batch_size:
+        raise HbmError("batch_size is not supported with --distributed yet", where="batch_size",
+                       hint="remove batch_size: the processes' devices hold the rows between them")
     if path.suffix.lower() not in (".parquet", ".pq"):
         raise HbmError(f"--distributed reads Parquet row groups; {path.name} is not a Parquet file",
                        where="data", hint="convert it: pandas.read_csv(...).to_parquet('data.parquet')")

@@ -170,6 +170,17 @@ WORKER = textwrap.dedent("""
                 out[key + "-loss"] = fit.loss.tolist()
             v, g = _vg(m, m.data, params)
             out[key + "-value"] = float(v)
+    # minibatches over the 4 devices: the windows of the chunk average to the whole
+    import jax.numpy as jnp
+    from numpyro.infer.util import log_density
+    from hbm.batching import window
+    m = compile_table(_spec(SEED, "poisson", batch_size=40), df, devices=4)
+    s = m.batches
+    chunk = m.data["rows"]["chunk"]
+    lp = jax.jit(jax.vmap(lambda i: log_density(m.numpyro_model, (window(s, chunk, i), m.consts),
+                                                {{"scale": s.scale}}, params)[0]))(jnp.arange(s.chunk_per_device))
+    out["batch-mean"] = float(np.mean(np.asarray(lp)))
+    out["batch-shape"] = list(chunk["y"].shape)
     print(json.dumps(out))
 """)
 
@@ -189,3 +200,6 @@ def test_one_and_four_devices_give_the_same_losses(tmp_path):
     for layout in ("panel", "flat"):
         np.testing.assert_allclose(out[f"{layout}-4-value"], out[f"{layout}-1-value"], rtol=1e-5)
     np.testing.assert_allclose(out["flat-1-value"], out["panel-1-value"], rtol=1e-5)
+    # 251 rows over 4 devices: 63 per device (one padded) and a batch of 10 per device, wrapping around
+    assert out["batch-shape"] == [4, 63 + 10]
+    np.testing.assert_allclose(out["batch-mean"], out["flat-1-value"], rtol=1e-5)
