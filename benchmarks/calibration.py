@@ -150,7 +150,11 @@ def run_dataset(spec, seed: int, args, log) -> list[dict]:
                  "divergences": nuts.engine.info.get("num_divergences"), **metrics(ref, truth, ref)})
     for guide in args.guides:
         t = time.perf_counter()
-        r = hbm.fit(model, engine="svi", guide=guide, seed=seed)
+        try:
+            r = hbm.fit(model, engine="svi", guide=guide, seed=seed)
+        except Exception as e:  # noqa: BLE001 - one failed fit must not end the study
+            rows.append({"method": guide, "error": f"{type(e).__name__}: {e}"[:300]})
+            continue
         s = r.summary()
         wall = time.perf_counter() - t
         d = r.diagnostics or {}
@@ -163,6 +167,9 @@ def run_dataset(spec, seed: int, args, log) -> list[dict]:
                          **metrics(cs, truth, ref)})
     for row in rows:
         row.update(spec=spec.name, dataset=seed)
+        if "error" in row:
+            print(f"  {spec.name} {seed} {row['method']}: {row['error']}", flush=True)
+            continue
         log(row)
     return rows
 
@@ -173,7 +180,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     out = []
     specs = list(dict.fromkeys(r["spec"] for r in rows))
     for sp in specs:
-        rs = [r for r in rows if r["spec"] == sp]
+        rs = [r for r in rows if r["spec"] == sp and "error" not in r]
         methods = list(dict.fromkeys(r["method"] for r in rs))
         mf_wall = np.median([r["wall_s"] for r in rs if r["method"] == "normal"] or [np.nan])
         mf_fit = np.median([r["fit_s"] for r in rs if r["method"] == "normal"] or [np.nan])
@@ -201,7 +208,7 @@ def flag_table(rows: list[dict]) -> list[str]:
     """How well k-hat >= 0.7 picks out the mean-field fits that under-cover badly."""
     lines = []
     for sp in dict.fromkeys(r["spec"] for r in rows):
-        mf = [r for r in rows if r["spec"] == sp and r["method"] == "normal"]
+        mf = [r for r in rows if r["spec"] == sp and r["method"] == "normal" and "error" not in r]
         bad = [r for r in mf if r["cov90"] < 0.80]
         flagged_bad = sum(r["khat"] >= 0.7 for r in bad)
         ok = [r for r in mf if r["cov90"] >= 0.80]
@@ -231,6 +238,7 @@ def markdown(agg: list[dict], rows: list[dict], args, total_s: float) -> str:
              "| spec | method | cov 50% | cov 90% | width group | width pop | k-hat (>= 0.7) | "
              "psis applied | wall s | cost vs mean-field (opt.) | steps |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    errors = [r for r in rows if "error" in r]
     for a in agg:
         lines.append(
             f"| {a['spec']} | {a['method']} | {_f(a['cov50'])} | {_f(a['cov90'])} ({_f(a['cov90_worst'])}) | "
@@ -242,6 +250,9 @@ def markdown(agg: list[dict], rows: list[dict], args, total_s: float) -> str:
               "| spec | mean-field fits under-covering | of those, k-hat >= 0.7 | "
               "k-hat >= 0.7 among the others |", "| --- | --- | --- | --- |"]
     lines += flag_table(rows)
+    if errors:
+        lines += ["", f"{len(errors)} fits failed: " + "; ".join(
+            f"{r['spec']} {r['dataset']} {r['method']}: {r['error'][:120]}" for r in errors[:5])]
     return "\n".join(lines) + "\n"
 
 
@@ -268,6 +279,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "calibration_results.json"))
     p.add_argument("--append", help="RESULTS.md to add the section to")
     p.add_argument("--cache", default=os.environ.get("HBM_JAX_CACHE", "/tmp/hbm-jax-cache"))
+    p.add_argument("--jobs", type=int, default=2, help="specs fitted side by side in separate processes")
     args = p.parse_args(argv)
     args.guides = [g.strip() for g in args.guides.split(",") if g.strip()]
     if args.quick:
@@ -297,6 +309,9 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     rows: list[dict] = []
+    if args.jobs > 1 and len(specs) > 1:
+        rows = _parallel(argv, wanted, args)
+        return _report(rows, args, time.perf_counter() - t0)
 
     def log(row):
         keys = ("spec", "dataset", "method", "cov50", "cov90", "width_group", "width_pop", "khat", "wall_s")
@@ -308,14 +323,44 @@ def main(argv=None) -> int:
         for i in range(args.datasets):
             rows += run_dataset(spec, 1000 + i, args, log)
             Path(args.out).write_text(json.dumps(rows, indent=1, default=float))
-    total = time.perf_counter() - t0
-    agg = aggregate(rows)
-    text = markdown(agg, rows, args, total)
+    return _report(rows, args, time.perf_counter() - t0)
+
+
+def _report(rows, args, total: float) -> int:
+    Path(args.out).write_text(json.dumps(rows, indent=1, default=float))
+    text = markdown(aggregate(rows), rows, args, total)
     print("\n" + text)
     if args.append:
         append_section(Path(args.append), text)
         print(f"appended to {args.append}")
     return 0
+
+
+def _parallel(argv, wanted, args) -> list[dict]:
+    """Each spec in its own process (``args.jobs`` at a time); their rows, in spec order."""
+    import subprocess
+    argv = list(sys.argv[1:] if argv is None else argv)
+    base = [a for i, a in enumerate(argv) if not (a.startswith(("--specs", "--out", "--append", "--jobs"))
+                                                  or (i > 0 and argv[i - 1] in ("--specs", "--out", "--append",
+                                                                                "--jobs")))]
+    pending = [s for s in ("slopes", "elasticity", "dose") if s in wanted]
+    running, outs = [], {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name = pending.pop(0)
+            out = f"{args.out}.{name}.json"
+            cmd = [sys.executable, __file__, *base, "--specs", name, "--out", out, "--jobs", "1"]
+            running.append((name, subprocess.Popen(cmd)))
+            outs[name] = out
+        time.sleep(2)
+        for item in list(running):
+            if item[1].poll() is not None:
+                running.remove(item)
+    rows = []
+    for name in ("slopes", "elasticity", "dose"):
+        if name in outs and Path(outs[name]).exists():
+            rows += json.loads(Path(outs[name]).read_text())
+    return rows
 
 
 if __name__ == "__main__":

@@ -59,35 +59,77 @@ WIDTH_BUDGET = 1 << 24   # latent values held at once by a batch of draws
 def guide_draws_weighted(fit, seed: int, draws: int, *, row_budget: int = ROW_BUDGET):
     """``draws`` draws of every latent site from a fitted guide, and each draw's log weight.
 
-    ``fit`` is an :class:`hbm.engines.svi.SVIFit`. Returns ``(samples, log_w)``: samples as
-    ``guide_draws`` gives them, ``(1, draws, *shape)`` NumPy arrays, and ``log_w`` of shape
-    ``(draws,)`` (float64), ``log p(y, z) - log q(z)`` for each draw.
+    ``fit`` is an :class:`hbm.engines.svi.SVIFit`. Returns ``(samples, log_w, log_q)``: samples as
+    ``guide_draws`` gives them, ``(1, draws, *shape)`` NumPy arrays; ``log_w`` of shape ``(draws,)``
+    (float64), ``log p(y, z) - log q(z)`` for each draw; and ``log_q``, the guide's log density of
+    each draw. When the model was fitted on minibatches (``batch_size``; its arguments carry a batch
+    stream), the model sees one random batch per call, not every row: ``log_w`` is then None, and
+    the caller adds the log joint over all rows (:func:`model_log_joint`).
     """
     import jax
-    import jax.numpy as jnp
     from numpyro import handlers
     from numpyro.infer.util import log_density
 
     from .engines.svi import latent_names
 
+    minibatches = []
+
     def fn(svi, params, kw):
         guide, model = svi.guide, svi.model
         names = latent_names(guide)
-        rows = _row_count(kw)
+        full = not _is_minibatched(kw)
+        minibatches.append(not full)
+        rows = _row_count(kw) if full else 1
         width = sum(int(np.prod(np.shape(guide.prototype_trace[n]["value"]))) for n in names)
         batch = int(max(1, min(draws, row_budget // max(rows, 1), WIDTH_BUDGET // max(width, 1))))
 
         def one(key):
             g_ld, g_tr = log_density(handlers.seed(guide, key), (), kw, params)
-            m_ld, _ = log_density(handlers.replay(model, g_tr), (), kw, params)
-            return {n: g_tr[n]["value"] for n in names}, m_ld - g_ld
+            if full:
+                m_ld, _ = log_density(handlers.replay(model, g_tr), (), kw, params)
+            else:
+                m_ld = g_ld
+            return {n: g_tr[n]["value"] for n in names}, m_ld - g_ld, g_ld
 
         keys = jax.random.split(jax.random.PRNGKey(seed), draws)
         return jax.lax.map(one, keys, batch_size=batch if batch < draws else None)
 
-    values, log_w = fit.in_trace(fn, fast=True)(fit.state)
+    values, log_w, log_q = fit.in_trace(fn, fast=True)(fit.state)
     samples = {k: np.asarray(v)[None] for k, v in values.items()}
-    return samples, np.asarray(log_w, dtype=np.float64)
+    log_q = np.asarray(log_q, dtype=np.float64)
+    return samples, (None if minibatches[0] else np.asarray(log_w, dtype=np.float64)), log_q
+
+
+def _is_minibatched(kw) -> bool:
+    rows = kw.get("rows") if isinstance(kw, dict) else None
+    return isinstance(rows, dict) and "stream" in rows
+
+
+def model_log_joint(model, model_kwargs: dict, samples: dict, *, row_budget: int = ROW_BUDGET) -> np.ndarray:
+    """``log p(y, z)`` of ``model(**model_kwargs)`` at each draw of ``samples`` (latent sites,
+    ``(1, draws, *shape)``), over every row, in batches of draws (float64, ``(draws,)``)."""
+    import jax
+    import jax.numpy as jnp
+    from numpyro import handlers
+    from numpyro.infer.util import log_density
+
+    from .engines.base import split_kwargs
+
+    dyn, rebuild = split_kwargs(model_kwargs)
+    flat = {k: jnp.asarray(np.asarray(v)[0]) for k, v in samples.items()}
+    draws = next(iter(flat.values())).shape[0]
+    rows = _row_count(model_kwargs)
+    width = sum(int(np.prod(v.shape[1:])) for v in flat.values())
+    batch = int(max(1, min(draws, row_budget // max(rows, 1), WIDTH_BUDGET // max(width, 1))))
+
+    def run(flat_, dyn_):
+        kw = rebuild(dyn_)
+
+        def one(z):
+            return log_density(handlers.seed(handlers.substitute(model, data=z), 0), (), kw, {})[0]
+        return jax.lax.map(one, flat_, batch_size=batch if batch < draws else None)
+
+    return np.asarray(jax.jit(run)(flat, dyn), dtype=np.float64)
 
 
 def _row_count(kw) -> int:
@@ -149,8 +191,11 @@ def _logsumexp(a) -> float:
     return float(m + np.log(np.sum(np.exp(a - m)))) if np.isfinite(m) else float(m)
 
 
+LARGE = 1000   # latent values above which k-hat is practically never below 0.7, whatever the guide
+
+
 def verdict(khat: float, ess: float, draws: int, guide: str | None = None,
-            converged: bool | None = None) -> str:
+            converged: bool | None = None, dim: int | None = None) -> str:
     """A plain sentence: can this fit's uncertainty be trusted, and if not, what to try."""
     head = f"Pareto k-hat {khat:.2f}, importance-sampling ESS {ess:.0f} of {draws} draws: "
     if khat < KHAT_GOOD:
@@ -168,9 +213,14 @@ def verdict(khat: float, ess: float, draws: int, guide: str | None = None,
     else:
         tries.append("more steps or a smaller learning rate")
     tries.append("engine: nuts for exact intervals")
-    return head + ("NOT trustworthy: the guide misses the posterior and its intervals are likely too "
+    text = head + ("NOT trustworthy: the guide misses the posterior and its intervals are likely too "
                    "narrow" + (" (k-hat > 1: the weights' mean is infinite)" if khat > 1 else "")
                    + ". Try " + "; ".join(tries) + ".")
+    if dim is not None and dim > LARGE:
+        text += (f" (k-hat judges all {dim:,} latent values jointly: at this size it is rarely below 0.7 "
+                 "for any guide; to check the intervals that matter, fit a subset of the groups with "
+                 "engine: nuts and `hbm compare` the two runs.)")
+    return text
 
 
 # ---------------------------------------------------------------- correction
@@ -185,6 +235,16 @@ def systematic_resample(log_w, n: int, seed: int = 0) -> np.ndarray:
     return np.minimum(np.searchsorted(cdf, u, side="right"), lw.size - 1)
 
 
+def complete_log_weights(result, model, model_kwargs: dict):
+    """An engine result whose guide gave only ``log_q`` (a minibatch fit): add ``log_weight``, the
+    log joint over all rows (``model(**model_kwargs)``) minus ``log_q``."""
+    stats = dict(result.sample_stats or {})
+    log_q = np.asarray(stats.pop("log_q")).reshape(-1)
+    log_p = model_log_joint(model, model_kwargs, result.samples)
+    stats["log_weight"] = (log_p - log_q)[None]
+    return dataclasses.replace(result, sample_stats=stats)
+
+
 def check_fit(result, config: Any):
     """The diagnostics step of ``hbm.fit``: PSIS of an engine result that carries log weights.
 
@@ -194,16 +254,20 @@ def check_fit(result, config: Any):
     then, since they no longer describe the draws) and a JSON-able dict.
     """
     stats = dict(result.sample_stats or {})
+    if "log_weight" not in stats:
+        raise ValueError("check_fit needs sample_stats['log_weight'] (see complete_log_weights)")
     lw = np.asarray(stats["log_weight"]).reshape(-1)
     res = psis(lw)
     info = result.info or {}
     want = getattr(config, "correct", "none") or "none"
+    dim = int(sum(np.prod(np.shape(v)[2:], dtype=np.int64) for v in result.samples.values()))
     diag: dict[str, Any] = {
         "method": "psis", "pareto_k": res.khat, "ess": res.ess, "ess_fraction": res.ess_fraction,
         "draws": res.draws, "finite_weights": res.finite,
         "thresholds": {"good": KHAT_GOOD, "ok": KHAT_OK},
         "trustworthy": bool(res.khat < KHAT_OK),
-        "verdict": verdict(res.khat, res.ess, res.draws, info.get("guide"), info.get("converged")),
+        "latent_values": dim,
+        "verdict": verdict(res.khat, res.ess, res.draws, info.get("guide"), info.get("converged"), dim),
         "correction": {"requested": want, "applied": False, "reason": None},
     }
     if want == "psis":
@@ -274,5 +338,5 @@ def summary_columns(df, diag: dict | None):
     return df
 
 
-__all__ = ["guide_draws_weighted", "psis", "corrected", "PSIS", "verdict", "check_fit", "systematic_resample",
+__all__ = ["guide_draws_weighted", "model_log_joint", "complete_log_weights", "psis", "corrected", "PSIS", "verdict", "check_fit", "systematic_resample",
            "summary_columns", "correction_line", "report_lines", "KHAT_GOOD", "KHAT_OK", "CORRECTIONS"]

@@ -118,6 +118,9 @@ def fit(model: CompiledModel, engine: str | None = None, progress: Callable | No
     result = eng.fit(FitProblem(model.numpyro_model, model.data), config, progress, **kwargs)
     t0 = time.perf_counter()
     diagnostics = None
+    if "log_q" in (result.sample_stats or {}):  # a minibatch fit: the log joint over every row here
+        from .diagnostics import complete_log_weights
+        result = complete_log_weights(result, model.numpyro_model, {"rows": model.rows, "consts": model.consts})
     if "log_weight" in (result.sample_stats or {}):  # a guide's draws with their importance weights
         from .diagnostics import check_fit
         result, diagnostics = check_fit(result, config)

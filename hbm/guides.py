@@ -174,16 +174,25 @@ class BlockArrowAffine(Transform):
 
     ``x`` is in block order (population values first, then each block level by level); ``perm_inv``
     puts the result back in the flat latent order. ``g_tril`` (G, G) is lower triangular; each block
-    has ``coupling`` (n, k, G) and ``tril`` (n, k, k), lower triangular.
+    has ``coupling`` (n, k, G) and ``tril`` (n, k, k), lower triangular. ``nests`` couple a block to
+    the block of its parent plate: ``(child, parent)`` block numbers, with ``nest_index`` (n_child,)
+    the parent level of each child level and ``nest_weight`` (n_child, k_child, k_parent):
+
+        z_child[i] = A[i] x_pop + B[i] x_parent[index[i]] + L[i] x_child[i]
+
+    The nesting is a forest (each plate has at most one parent), so L stays triangular after
+    ordering the blocks parents first, and its log-determinant is still the sum over the diagonal
+    blocks'.
     """
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
 
-    def __init__(self, loc, g_tril, couplings, trils, perm, perm_inv):
+    def __init__(self, loc, g_tril, couplings, trils, perm, perm_inv, nests=(), nest_index=(), nest_weight=()):
         self.loc, self.g_tril = loc, g_tril
         self.couplings, self.trils = tuple(couplings), tuple(trils)
         self.perm, self.perm_inv = perm, perm_inv
+        self.nests, self.nest_index, self.nest_weight = tuple(nests), tuple(nest_index), tuple(nest_weight)
 
     def _split(self, v):
         G = self.g_tril.shape[-1]
@@ -194,29 +203,47 @@ class BlockArrowAffine(Transform):
             start += n * k
         return parts
 
+    def _cross(self, b, eg, eps):
+        """The parts of block ``b``'s value that come from other blocks' noise: A x_pop + B x_parent."""
+        a = self.couplings[b]
+        n, k, G = a.shape
+        # one (n k, G) matrix-vector product; the small k x k products as sums (a batched matmul of
+        # thousands of tiny matrices is slow on CPU)
+        z = jnp.einsum("mg,...g->...m", a.reshape(n * k, G), eg).reshape(eg.shape[:-1] + (n, k))
+        for (child, parent), idx, w in zip(self.nests, self.nest_index, self.nest_weight):
+            if child == b:
+                z = z + (w * eps[parent][..., idx, None, :]).sum(-1)
+        return z
+
     def __call__(self, x):
         eg, *eps = self._split(x)
         out = [jnp.einsum("ij,...j->...i", self.g_tril, eg)]
-        for a, t, e in zip(self.couplings, self.trils, eps):
-            n, k, G = a.shape
-            # one (n k, G) matrix-vector product; the k x k blocks as sums of products (k is small,
-            # and a batched matmul of thousands of tiny matrices is slow on CPU)
-            z = jnp.einsum("mg,...g->...m", a.reshape(n * k, G), eg).reshape(eg.shape[:-1] + (n, k))
-            z = z + (t * e[..., None, :]).sum(-1)
+        for b, (t, e) in enumerate(zip(self.trils, eps)):
+            z = self._cross(b, eg, eps) + (t * e[..., None, :]).sum(-1)
             out.append(z.reshape(z.shape[:-2] + (-1,)))
         return self.loc + jnp.concatenate(out, axis=-1)[..., self.perm_inv]
+
+    def _order(self) -> list[int]:
+        parent = {c: p for c, p in self.nests}
+        depth = {}
+        for b in range(len(self.trils)):
+            d, q = 0, b
+            while q in parent and d <= len(self.trils):
+                q, d = parent[q], d + 1
+            depth[b] = d
+        return sorted(range(len(self.trils)), key=lambda b: depth[b])
 
     def _inverse(self, y):
         zg, *zs = self._split((y - self.loc)[..., self.perm])
         batch = zg.shape[:-1]
         eg = solve_triangular(self.g_tril, zg.reshape(-1, zg.shape[-1]).T, lower=True).T.reshape(zg.shape)
-        out = [eg]
-        for a, t, z in zip(self.couplings, self.trils, zs):
-            r = z - jnp.einsum("nkg,...g->...nk", a, eg)                    # (..., n, k)
+        eps: list = [None] * len(zs)
+        for b in self._order():                                            # parents first
+            t, z = self.trils[b], zs[b]
+            r = z - self._cross(b, eg, eps)                                # (..., n, k)
             rr = jnp.moveaxis(r.reshape((-1,) + r.shape[-2:]), 0, -1)      # (n, k, B)
-            e = jnp.moveaxis(solve_triangular(t, rr, lower=True), -1, 0).reshape(r.shape)
-            out.append(e.reshape(batch + (-1,)))
-        return jnp.concatenate(out, axis=-1)
+            eps[b] = jnp.moveaxis(solve_triangular(t, rr, lower=True), -1, 0).reshape(r.shape)
+        return jnp.concatenate([eg] + [e.reshape(batch + (-1,)) for e in eps], axis=-1)
 
     def log_abs_det_jacobian(self, x, y, intermediates=None):
         ld = jnp.log(jnp.diagonal(self.g_tril)).sum()
@@ -225,13 +252,37 @@ class BlockArrowAffine(Transform):
         return jnp.broadcast_to(ld, jnp.shape(x)[:-1])
 
     def tree_flatten(self):
-        n = len(self.trils)
-        return ((self.loc, self.g_tril, self.couplings, self.trils, self.perm, self.perm_inv),
-                (("loc", "g_tril", "couplings", "trils", "perm", "perm_inv"), {"n": n}))
+        return ((self.loc, self.g_tril, self.couplings, self.trils, self.perm, self.perm_inv,
+                 self.nest_index, self.nest_weight), self.nests)
 
     @classmethod
-    def tree_unflatten(cls, aux, leaves):
-        return cls(*leaves)
+    def tree_unflatten(cls, nests, leaves):
+        loc, g_tril, couplings, trils, perm, perm_inv, nest_index, nest_weight = leaves
+        return cls(loc, g_tril, couplings, trils, perm, perm_inv, nests, nest_index, nest_weight)
+
+
+def parent_maps(tree) -> dict[tuple[str, str], object]:
+    """``{(child plate, parent plate): parent level of each child level}`` found anywhere in a
+    model's keyword arguments under a ``"parent"`` mapping keyed ``"child>parent"`` (hbm's
+    ``consts["parent"]``, also inside non-linear models' per-parameter constants)."""
+    found: dict[tuple[str, str], object] = {}
+
+    def walk(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k == "parent" and isinstance(v, dict):
+                    for key, arr in v.items():
+                        if isinstance(key, str) and ">" in key:
+                            child, parent = key.split(">", 1)
+                            found.setdefault((child, parent), arr)
+                else:
+                    walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(tree)
+    return found
 
 
 def _scaled_unit_tril(scale, off):
@@ -260,6 +311,11 @@ class AutoHierarchicalNormal(AutoContinuous):
         self._global_max, self._promote_max = global_max, promote_max
         super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
 
+    def __call__(self, *args, **kwargs):
+        # the parent maps of nested plates (arrays of this call: possibly tracers of the current trace)
+        self._parents = parent_maps(kwargs)
+        return super().__call__(*args, **kwargs)
+
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
         sites = []
@@ -279,6 +335,15 @@ class AutoHierarchicalNormal(AutoContinuous):
         assert perm.size == self.latent_dim and np.array_equal(np.sort(perm), np.arange(self.latent_dim))
         self._perm = perm
         self._perm_inv = np.argsort(perm).astype(np.int32)
+        # nested plates that are both blocks: couple each child level to its parent level's block
+        names = [name for name, _ in self.layout.blocks]
+        self._nests = []
+        for (child, parent), arr in parent_maps(kwargs).items():
+            if child in names and parent in names and child != parent:
+                c, p = names.index(child), names.index(parent)
+                if (np.shape(arr) == (self.layout.blocks[c][1].shape[0],)
+                        and all(q[0] != c for q in self._nests)):
+                    self._nests.append((c, p, (child, parent)))
 
     @property
     def n_global(self) -> int:
@@ -299,8 +364,19 @@ class AutoHierarchicalNormal(AutoContinuous):
             cpl = numpyro.param(f"{p}_block{i}_coupling", jnp.zeros((n, k, G)))
             trils.append(_scaled_unit_tril(scale, off))
             couplings.append(cpl * scale[..., None])
+        nests, index, weight = [], [], []
+        parents = getattr(self, "_parents", {})
+        for c, q, key in self._nests:
+            n, k = self.layout.blocks[c][1].shape
+            kq = self.layout.blocks[q][1].shape[1]
+            w = numpyro.param(f"{p}_block{c}_nest", jnp.zeros((n, k, kq)))
+            scale = trils[c][..., jnp.arange(k), jnp.arange(k)]   # the block's row scales
+            nests.append((c, q))
+            index.append(jnp.asarray(parents[key]))
+            weight.append(w * scale[..., None])
         transform = BlockArrowAffine(loc, _scaled_unit_tril(g_scale, g_off), couplings, trils,
-                                     jnp.asarray(self._perm), jnp.asarray(self._perm_inv))
+                                     jnp.asarray(self._perm), jnp.asarray(self._perm_inv),
+                                     nests, index, weight)
         return dist.TransformedDistribution(self.get_base_dist(), transform)
 
     def get_base_dist(self):
@@ -312,9 +388,15 @@ class AutoHierarchicalNormal(AutoContinuous):
 
     def _marginal_sd(self, params):
         tr = self.get_transform(params)
+        # z_block = A x_pop + B x_parent + L x_own with independent standard normal x's: the
+        # marginal variances are the squared row norms of [A | B | L]
         sd = [jnp.linalg.norm(tr.g_tril, axis=-1)]
-        for a, t in zip(tr.couplings, tr.trils):
-            sd.append(jnp.sqrt(jnp.square(a).sum(-1) + jnp.square(t).sum(-1)).reshape(-1))
+        for b, (a, t) in enumerate(zip(tr.couplings, tr.trils)):
+            v = jnp.square(a).sum(-1) + jnp.square(t).sum(-1)
+            for (c, _), w in zip(tr.nests, tr.nest_weight):
+                if c == b:
+                    v = v + jnp.square(w).sum(-1)
+            sd.append(jnp.sqrt(v).reshape(-1))
         return jnp.concatenate(sd)[self._perm_inv]
 
     def median(self, params):
@@ -330,8 +412,9 @@ class AutoHierarchicalNormal(AutoContinuous):
 def describe_layout(guide: AutoHierarchicalNormal) -> dict:
     """JSON-able facts about a set-up structured guide (for fit.json)."""
     return {"population_values": guide.n_global,
-            "blocks": {name: list(idx.shape) for name, idx in guide.layout.blocks}}
+            "blocks": {name: list(idx.shape) for name, idx in guide.layout.blocks},
+            "nested": [f"{child} within {parent}" for _, _, (child, parent) in guide._nests]}
 
 
 __all__ = ["GUIDES", "DEFAULT_GUIDE", "guide_factory", "AutoHierarchicalNormal", "BlockArrowAffine",
-           "plan_layout", "Layout"]
+           "plan_layout", "parent_maps", "Layout"]

@@ -195,3 +195,25 @@ def test_diagnostics_go_into_the_run_directory(correlated_fits, tmp_path):
     assert rec.fit_info["convergence"]["psis_correction"] == "applied"
     info = json.loads((path / "fit.json").read_text())
     assert "trustworthy" in info["diagnostics"]["verdict"]
+
+
+def test_model_log_joint_is_the_log_joint_at_each_draw():
+    from hbm.diagnostics import model_log_joint
+    mu = np.random.default_rng(0).normal(0.7, 0.3, 7).astype(np.float32)
+    got = model_log_joint(conjugate, {"y": jnp.asarray(Y)}, {"mu": mu[None]})
+    prior = dist.Normal(0.0, PRIOR_SD).log_prob(mu)
+    lik = dist.Normal(mu[:, None], 1.0).log_prob(Y[None, :]).sum(1)
+    np.testing.assert_allclose(got, np.asarray(prior + lik), rtol=1e-5)
+
+
+def test_minibatch_fits_get_weights_from_every_row(correlated_fits):
+    """With batch_size the model sees one random batch per call: the weights must not."""
+    df, fits = correlated_fits
+    spec = {"name": "correlated", "formula": "y | se(s) ~ x1 + x2", "family": "normal", "batch_size": 20,
+            "priors": {"Intercept": "normal(0, 5)", "x1": "normal(0, 5)", "x2": "normal(0, 5)"},
+            "inference": {"draws": 1000, "steps": 3000, "tolerance": 0,
+                          "optimizer": "adam(lr=exponential_decay(0.02, 3000, 0.02))"}}
+    r = hbm.fit(hbm.compile(spec, df), engine="svi", guide="mvn")
+    assert "log_q" not in r.engine.sample_stats
+    # a batch of 20 of the 40 rows, scaled, would move each log weight by several units: k far above 1
+    assert r.diagnostics["pareto_k"] < 0.7, r.diagnostics

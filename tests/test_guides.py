@@ -18,7 +18,8 @@ from hbm.spec import load_spec
 
 # ------------------------------------------------------------------ the transform
 
-def _random_arrow(seed=0, G=2, blocks=((3, 2), (2, 1))):
+def _random_arrow(seed=0, G=2, blocks=((3, 2), (2, 1)), nest=True):
+    """A random transform; block 1's levels nested in block 0's (levels 0 and 2) when ``nest``."""
     rng = np.random.default_rng(seed)
     D = G + sum(n * k for n, k in blocks)
     g_tril = _scaled_unit_tril(jnp.asarray(rng.uniform(0.5, 2, G)), jnp.asarray(rng.normal(size=(G, G))))
@@ -29,8 +30,9 @@ def _random_arrow(seed=0, G=2, blocks=((3, 2), (2, 1))):
                                        jnp.asarray(rng.normal(size=(n, k, k)))))
     perm = rng.permutation(D).astype(np.int32)
     loc = jnp.asarray(rng.normal(size=D))
+    nests = ([(1, 0)], [jnp.asarray([0, 2])], [jnp.asarray(rng.normal(size=(2, 1, 2)))]) if nest else ()
     return BlockArrowAffine(loc, g_tril, couplings, trils, jnp.asarray(perm),
-                            jnp.asarray(np.argsort(perm).astype(np.int32))), D
+                            jnp.asarray(np.argsort(perm).astype(np.int32)), *nests), D
 
 
 def _dense_factor(t: BlockArrowAffine, D: int) -> np.ndarray:
@@ -49,6 +51,15 @@ def test_block_arrow_inverse_and_log_det_match_the_dense_matrix():
     sign, logdet = np.linalg.slogdet(M)
     assert sign != 0
     np.testing.assert_allclose(t.log_abs_det_jacobian(x, y), np.full(7, logdet), rtol=1e-4)
+
+
+def test_block_arrow_marginal_sds_match_the_dense_covariance():
+    t, D = _random_arrow(seed=5)
+    M = _dense_factor(t, D)
+    guide = AutoHierarchicalNormal.__new__(AutoHierarchicalNormal)
+    guide.get_transform = lambda params: t
+    guide._perm_inv = np.asarray(t.perm_inv)
+    np.testing.assert_allclose(guide._marginal_sd({}), np.sqrt(np.diag(M @ M.T)), rtol=1e-5)
 
 
 def test_block_arrow_distribution_is_the_gaussian_with_that_factor():

@@ -314,8 +314,11 @@ class SVIEngine:
             samples, _ = guide_draws(fit, int(config.seed) + 1, int(config.draws))
         else:  # each draw with its log importance weight, for hbm.diagnostics (PSIS)
             from ..diagnostics import guide_draws_weighted
-            samples, log_w = guide_draws_weighted(fit, int(config.seed) + 1, int(config.draws))
-            stats["log_weight"] = log_w[None]
+            samples, log_w, log_q = guide_draws_weighted(fit, int(config.seed) + 1, int(config.draws))
+            if log_w is not None:
+                stats["log_weight"] = log_w[None]
+            else:  # minibatches: hbm.fit adds the log joint over every row
+                stats["log_q"] = log_q[None]
         fit.timings["sample_s"] = time.perf_counter() - t
         info = {"engine": self.name, "guide": guide, "loss": getattr(config, "loss", "elbo"),
                 "particles": int(getattr(config, "particles", 1) or 1), "draws": int(config.draws),
