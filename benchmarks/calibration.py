@@ -24,6 +24,7 @@ run once untimed as a warm-up.
     python benchmarks/calibration.py                       # the full study, ~15 min on 2 cores
     python benchmarks/calibration.py --datasets 3 --quick  # a smoke run
     python benchmarks/calibration.py --append benchmarks/RESULTS.md
+    python benchmarks/calibration.py --jobs 8 --chunk 5    # 16 cores: 12 processes, 8 at a time
 
 Results: a JSON file of every fit (``--out``) and, with ``--append``, a markdown section in
 RESULTS.md (replacing only this study's own earlier section).
@@ -279,7 +280,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "calibration_results.json"))
     p.add_argument("--append", help="RESULTS.md to add the section to")
     p.add_argument("--cache", default=os.environ.get("HBM_JAX_CACHE", "/tmp/hbm-jax-cache"))
-    p.add_argument("--jobs", type=int, default=2, help="specs fitted side by side in separate processes")
+    p.add_argument("--jobs", type=int, default=2, help="processes run side by side")
+    p.add_argument("--chunk", type=int, default=0,
+                   help="data sets per process (0: a spec's all in one); with --jobs, splits a spec's data sets")
+    p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)   # a chunk's first data set
     args = p.parse_args(argv)
     args.guides = [g.strip() for g in args.guides.split(",") if g.strip()]
     if args.quick:
@@ -309,7 +313,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     rows: list[dict] = []
-    if args.jobs > 1 and len(specs) > 1:
+    if args.jobs > 1 and (len(specs) > 1 or 0 < args.chunk < args.datasets):
         rows = _parallel(argv, wanted, args)
         return _report(rows, args, time.perf_counter() - t0)
 
@@ -320,7 +324,7 @@ def main(argv=None) -> int:
 
     for spec in specs:
         run_dataset(spec, 10_000, args, lambda row: None)   # warm-up: compile and cache, untimed
-        for i in range(args.datasets):
+        for i in range(args.first, args.first + args.datasets):
             rows += run_dataset(spec, 1000 + i, args, log)
             Path(args.out).write_text(json.dumps(rows, indent=1, default=float))
     return _report(rows, args, time.perf_counter() - t0)
@@ -337,29 +341,32 @@ def _report(rows, args, total: float) -> int:
 
 
 def _parallel(argv, wanted, args) -> list[dict]:
-    """Each spec in its own process (``args.jobs`` at a time); their rows, in spec order."""
+    """Each spec's data sets in processes of ``args.chunk`` data sets (``args.jobs`` at a time, the
+    slowest spec first); their rows, in spec and data set order."""
     import subprocess
+    own = ("--specs", "--out", "--append", "--jobs", "--chunk", "--first", "--datasets")
     argv = list(sys.argv[1:] if argv is None else argv)
-    base = [a for i, a in enumerate(argv) if not (a.startswith(("--specs", "--out", "--append", "--jobs"))
-                                                  or (i > 0 and argv[i - 1] in ("--specs", "--out", "--append",
-                                                                                "--jobs")))]
-    pending = [s for s in ("slopes", "elasticity", "dose") if s in wanted]
-    running, outs = [], {}
+    base = [a for i, a in enumerate(argv) if not (a.startswith(own) or (i > 0 and argv[i - 1] in own))]
+    chunk = args.chunk if args.chunk > 0 else args.datasets
+    pending = [(name, first, min(chunk, args.datasets - first))
+               for name in ("dose", "elasticity", "slopes") if name in wanted
+               for first in range(0, args.datasets, chunk)]
+    running, outs = [], []
     while pending or running:
         while pending and len(running) < args.jobs:
-            name = pending.pop(0)
-            out = f"{args.out}.{name}.json"
-            cmd = [sys.executable, __file__, *base, "--specs", name, "--out", out, "--jobs", "1"]
-            running.append((name, subprocess.Popen(cmd)))
-            outs[name] = out
+            name, first, count = pending.pop(0)
+            out = f"{args.out}.{name}.{first}.json"
+            cmd = [sys.executable, __file__, *base, "--specs", name, "--out", out, "--jobs", "1",
+                   "--datasets", str(count), "--first", str(first)]
+            running.append(subprocess.Popen(cmd))
+            outs.append((name, first, out))
         time.sleep(2)
-        for item in list(running):
-            if item[1].poll() is not None:
-                running.remove(item)
+        running = [p for p in running if p.poll() is None]
     rows = []
     for name in ("slopes", "elasticity", "dose"):
-        if name in outs and Path(outs[name]).exists():
-            rows += json.loads(Path(outs[name]).read_text())
+        for n, first, out in sorted(outs, key=lambda o: o[1]):
+            if n == name and Path(out).exists():
+                rows += json.loads(Path(out).read_text())
     return rows
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BENCH = (ROOT / ".." / "shared" / "bench").resolve()
+BENCH = Path(os.environ.get("HBM_BENCH_DIR", ROOT / ".." / "shared" / "bench")).resolve()
 FORMULA = "log(units) ~ 0 + log(price) | product/category + 1 | product + (1 | cat_by_time)"
 PRIORS = {"log(price)": "normal(-2, 1)", "sd(log(price) | category)": 1, "sd(log(price) | product)": 2,
           "sd(1 | product)": 3, "sd(1 | cat_by_time)": 3}
@@ -67,6 +67,10 @@ def parse(argv=None):
     ap.add_argument("--worker", choices=["speed", "answer"])
     ap.add_argument("--products", type=int)
     ap.add_argument("--optimizer", default=SEED_OPTIMIZER)
+    ap.add_argument("--guide", default="normal")
+    ap.add_argument("--particles", type=int, default=1)
+    ap.add_argument("--default-config", action="store_true",
+                    help="also time hbm's default variational configuration (structured guide, 4 particles)")
     return ap.parse_args(argv)
 
 
@@ -82,7 +86,7 @@ def rss_mb() -> float:
 def _spec(args, devices: int) -> dict:
     return {"name": "price_elasticity_bench", "formula": FORMULA, "family": "poisson", "priors": PRIORS,
             "devices": devices,
-            "inference": {"engine": "svi", "guide": "normal", "loss": "elbo", "particles": 1,
+            "inference": {"engine": "svi", "guide": args.guide, "loss": "elbo", "particles": args.particles,
                           "optimizer": args.optimizer, "steps": 10**7, "tolerance": 0, "seed": 1}}
 
 
@@ -101,8 +105,9 @@ def worker_speed(args) -> dict:
     from hbm.engines.base import FitProblem
     from hbm.engines.svi import guide_factory, make_elbo, run_svi
 
-    res = {"side": "hbm", "products": args.products, "devices": args.devices, "layout_arg": args.layout,
-           "jax_devices": jax.device_count()}
+    res = {"side": "hbm", "guide": args.guide, "particles": args.particles, "products": args.products,
+           "devices": args.devices, "layout_arg": args.layout,
+           "jax_devices": jax.device_count(), "rss_base_mb": rss_mb()}
     t0 = time.perf_counter()
     df = pd.read_parquet(data_path(args.data_dir, args.products))
     res["load_s"] = time.perf_counter() - t0
@@ -136,7 +141,7 @@ def worker_speed(args) -> dict:
 
     t0 = time.perf_counter()
     try:
-        run_svi(FitProblem(model.numpyro_model, model.data), config, guide_factory("normal"),
+        run_svi(FitProblem(model.numpyro_model, model.data), config, guide_factory(args.guide),
                 make_elbo(config), progress=progress, on_init=on_init)
     except _Enough:
         pass
@@ -150,6 +155,9 @@ def worker_speed(args) -> dict:
     res["it_per_s_best_block"] = args.block / float(blocks.min())
     res["final_loss"] = float(losses[-1])
     res["peak_rss_mb"] = rss_mb()
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        res["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
     res["obs_GBps_1read"] = res["obs_bytes_per_eval"] * res["it_per_s"] / 1e9
     res["loadavg"] = os.getloadavg()[0]
     return res
@@ -163,39 +171,50 @@ def worker_answer(args) -> dict:
     from numpyro import handlers
     from numpyro.infer import SVI
     from numpyro.infer.autoguide import AutoNormal
+    from numpyro.infer.initialization import init_to_feasible, init_to_median
 
     import hbm
+    from hbm.engines.base import split_kwargs
     from hbm.engines.optim import build_optimizer
     from hbm.engines.svi import make_elbo
 
     df = pd.read_parquet(data_path(args.data_dir, args.products))
     model = hbm.compiler.compile_table(hbm.spec.load_spec(_spec(args, 1)), df, layout=args.layout)
     del df
-    kw = model.data
-    svi = SVI(model.numpyro_model, AutoNormal(model.numpyro_model), build_optimizer(args.optimizer),
-              make_elbo(model.spec.inference))
+    dyn, rebuild = split_kwargs(model.data)
+    optim, elbo = build_optimizer(args.optimizer), make_elbo(model.spec.inference)
     site = "log(price)[product]"
 
-    def means(params):
+    def traced_svi(kw, init=init_to_feasible):
+        # a guide set up inside each trace (as hbm.engines.svi does): no tracer outlives its trace
+        svi = SVI(model.numpyro_model, AutoNormal(model.numpyro_model, init_loc_fn=init), optim, elbo)
+        svi.init(jax.random.PRNGKey(0), **kw)
+        return svi
+
+    def means(svi, params, rows, consts):
         med = svi.guide.median(params)
         tr = handlers.trace(handlers.substitute(model.numpyro_model, data=med)).get_trace(
-            model.rows, model.consts, mode="latent")
+            rows, consts, mode="latent")
         return tr[site]["value"]
 
-    state = jax.jit(lambda k, kw: svi.init(k, **kw))(jax.random.PRNGKey(1), kw)
+    state = jax.jit(lambda k, d: traced_svi(rebuild(d), init_to_median(num_samples=15)).init(
+        k, **rebuild(d)))(jax.random.PRNGKey(1), dyn)
 
-    def block(state, kw):
+    def block(state, d, rows, consts):
+        kw = rebuild(d)
+        svi = traced_svi(kw)
+
         def body(s, _):
             return svi.update(s, **kw)
         state, losses = jax.lax.scan(body, state, None, length=args.block)
-        return state, losses, means(svi.get_params(state))
+        return state, losses, means(svi, svi.get_params(state), rows, consts)
 
     run = jax.jit(block)
-    run = run.lower(state, kw).compile()
+    jax.block_until_ready(run(state, dyn, model.rows, model.consts))   # compile (untimed; result dropped)
     traj, wall, t = [], [], 0.0
     for _ in range(args.answer_steps // args.block):
         t0 = time.perf_counter()
-        state, losses, m = run(state, kw)
+        state, losses, m = run(state, dyn, model.rows, model.consts)
         m = np.asarray(m)
         t += time.perf_counter() - t0
         traj.append(m)
@@ -234,8 +253,11 @@ def run_json(cmd: list[str], env: dict, timeout: int) -> dict:
     raise RuntimeError(f"no JSON from {' '.join(cmd)}:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
 
 
+ORIGINAL_ENV = dict(os.environ)   # before the driver limits its own GPU memory (main)
+
+
 def env_for(devices: int) -> dict:
-    env = dict(os.environ)
+    env = dict(ORIGINAL_ENV)
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
     if devices > 1:
         flags.append(f"--xla_force_host_platform_device_count={devices}")
@@ -260,16 +282,42 @@ def reference(args, products: int, devices: int) -> dict:
     return out
 
 
-def hbm_side(args, products: int, devices: int, worker: str = "speed", optimizer: str | None = None) -> dict:
+def hbm_side(args, products: int, devices: int, worker: str = "speed", optimizer: str | None = None,
+             guide: str = "normal", particles: int = 1) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--products", str(products),
            "--devices", str(devices), "--min-time", str(args.min_time), "--block", str(args.block),
            "--layout", args.layout, "--data-dir", args.data_dir, "--answer-steps", str(args.answer_steps),
-           "--optimizer", optimizer or SEED_OPTIMIZER]
+           "--optimizer", optimizer or SEED_OPTIMIZER, "--guide", guide, "--particles", str(particles)]
     return run_json(cmd, env_for(devices), args.timeout)
 
 
 def membw() -> dict:
+    """Host memory bandwidth (membw.py); on a GPU, the device's read bandwidth measured with jax."""
+    import jax
+    if jax.default_backend() != "cpu":
+        return gpu_membw()
     return run_json([sys.executable, str(BENCH / "membw.py"), "--mb", "512", "--reps", "5"], env_for(1), 300)
+
+
+def gpu_membw(mb: int = 2048, reps: int = 20) -> dict:
+    """Read (a sum) and copy bandwidth of the default device, best of ``reps``; copy counts read + write."""
+    import jax
+    import jax.numpy as jnp
+    x = jnp.ones(mb * 1024 * 1024 // 4, jnp.float32)
+    read = jax.jit(jnp.sum)
+    copy = jax.jit(lambda a: a * 1.0001)
+    out = {"device": jax.devices()[0].device_kind, "array_mb": mb}
+    for name, fn, factor in (("read", read, 1), ("copy", copy, 2)):
+        jax.block_until_ready(fn(x))
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(x))
+            best = min(best, time.perf_counter() - t0)
+        out[f"{name}_dev_GBps_best"] = factor * x.nbytes / best / 1e9
+    out["read_2t_GBps_best"] = out["read_dev_GBps_best"]      # the denominator render() uses
+    out["copy_2t_GBps_best"] = out["copy_dev_GBps_best"]
+    return out
 
 
 def machine() -> dict:
@@ -290,8 +338,9 @@ def machine() -> dict:
         pass
     import jax
     import numpyro
+    accel = None if jax.default_backend() == "cpu" else f"{jax.device_count()} x {jax.devices()[0].device_kind}"
     return {"nproc": os.cpu_count(), "cpu": model, "memory": mem, "python": platform.python_version(),
-            "jax": jax.__version__, "numpyro": numpyro.__version__}
+            "jax": jax.__version__, "numpyro": numpyro.__version__, "accelerator": accel}
 
 
 def main() -> None:
@@ -301,6 +350,7 @@ def main() -> None:
         out = worker_speed(args) if args.worker == "speed" else worker_answer(args)
         print(json.dumps(out))
         return
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")   # leave the GPU to the workers
     sizes = [int(s) for s in args.sizes.split(",") if s]
     devs = [int(d) for d in args.devices.split(",") if d]
     command = "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
@@ -321,6 +371,14 @@ def main() -> None:
                         got[side] = {"error": str(e)[-500:]}
                     print(json.dumps({"products": p, "devices": d, "rep": rep, side: got[side]}), flush=True)
                 rows.append((p, d, rep, got.get("hbm", {}), got.get("reference", {})))
+    defaults = []
+    if args.default_config:
+        for p in sizes:
+            try:
+                defaults.append(hbm_side(args, p, 1, guide="structured", particles=4))
+            except Exception as e:  # noqa: BLE001
+                defaults.append({"products": p, "error": str(e)[-500:]})
+            print(json.dumps({"default_config": defaults[-1]}), flush=True)
     answers = []
     if args.answer:
         ensure_data(args.data_dir, 10000)
@@ -330,24 +388,26 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001
                 answers.append({"optimizer": opt, "error": str(e)[-500:]})
             print(json.dumps(answers[-1]), flush=True)
-    report = render(command, machine(), bw, rows, answers, args)
+    report = render(command, machine(), bw, rows, answers, args, defaults)
     print(report)
     with open(args.out, "a") as f:
         f.write(report + "\n")
 
 
-def render(command, mach, bw, rows, answers, args) -> str:
+def render(command, mach, bw, rows, answers, args, defaults=()) -> str:
     read_bw = bw.get("read_2t_GBps_best") or bw.get("read_1t_GBps_best")
     out = [f"## Run of {time.strftime('%Y-%m-%d %H:%M')}", "",
            f"`{command}`", "",
-           f"Machine: {mach['nproc']} CPUs ({mach['cpu']}), {mach['memory']}; python {mach['python']}, "
-           f"jax {mach['jax']}, numpyro {mach['numpyro']}. Memory bandwidth (membw.py): read "
-           f"{bw.get('read_2t_GBps_best', 0):.1f} GB/s, copy {bw.get('copy_2t_GBps_best', 0):.1f} GB/s "
-           f"(2 threads). Load average at start {os.getloadavg()[0]:.1f}.", "",
+           f"Machine: {mach['nproc']} CPUs ({mach['cpu']}), {mach['memory']}"
+           + (f", {mach['accelerator']} (the runs below are on it)" if mach.get("accelerator") else "")
+           + f"; python {mach['python']}, jax {mach['jax']}, numpyro {mach['numpyro']}. Memory bandwidth "
+           + ("(jax on the device" if mach.get("accelerator") else "(membw.py, 2 threads")
+           + f"): read {bw.get('read_2t_GBps_best', 0):.1f} GB/s, copy {bw.get('copy_2t_GBps_best', 0):.1f} GB/s"
+           f". Load average at start {os.getloadavg()[0]:.1f}.", "",
            "| products x 156 | rows | devices | hbm steps/s | reference steps/s | hbm / reference "
            "| hbm compile s (model + jit) | reference compile s (svi.init + jit) | peak RSS MB hbm / ref "
-           "| bandwidth used hbm / ref | hbm layout |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| hbm data MB; peak over start / data | bandwidth used hbm / ref | hbm layout |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p, d, rep, h, r in rows:
         def f(x, fmt="{:.1f}"):
             return fmt.format(x) if isinstance(x, (int, float)) else "-"
@@ -358,9 +418,29 @@ def render(command, mach, bw, rows, answers, args) -> str:
         hc = f"{f(h.get('hbm_compile_s'))} + {f(h.get('compile_s'))}" if h else "-"
         rc = f"{f(r.get('svi_init_s'))} + {f(r.get('compile_s'))}" if r else "-"
         err = " (error: " + (h.get("error") or r.get("error"))[:120] + ")" if h.get("error") or r.get("error") else ""
+        data_mb = h.get("obs_bytes_per_eval", 0) / 2**20
+        if h.get("device_peak_mb"):      # on an accelerator: its own peak memory against the data on it
+            mem = f"{data_mb:.0f}; device peak {h['device_peak_mb']:.0f} MB = {h['device_peak_mb'] / data_mb:.1f}x"
+        elif data_mb and h.get("peak_rss_mb"):
+            mem = f"{data_mb:.0f}; {(h['peak_rss_mb'] - h.get('rss_base_mb', 0)) / data_mb:.1f}x"
+        else:
+            mem = "-"
         out.append(f"| {p:,} | {p * 156:,} | {d} | {f(hs)} | {f(rs)} | {ratio} | {hc} | {rc} "
-                   f"| {f(h.get('peak_rss_mb'), '{:.0f}')} / {f(r.get('peak_rss_mb'), '{:.0f}')} "
+                   f"| {f(h.get('peak_rss_mb'), '{:.0f}')} / {f(r.get('peak_rss_mb'), '{:.0f}')} | {mem} "
                    f"| {bwh} / {bwr} | {h.get('layout', '-')}{err} |")
+    if defaults:
+        mf = {p: h.get("it_per_s") for p, d, rep, h, r in rows if d == 1 and h.get("it_per_s")}
+        out += ["", "hbm's default variational configuration (structured guide, 4 particles; 1 device) "
+                "against the mean-field, 1-particle runs above:", "",
+                "| products x 156 | steps/s | mean-field steps/s | cost per step vs mean field | peak RSS MB |",
+                "| --- | --- | --- | --- | --- |"]
+        for h in defaults:
+            if "error" in h:
+                out.append(f"| {h.get('products', '?'):,} | error: {h['error'][:150]} | | | |")
+                continue
+            m = mf.get(h["products"])
+            out.append(f"| {h['products']:,} | {h['it_per_s']:.1f} | {m or 0:.1f} | "
+                       f"{(m / h['it_per_s']) if m else float('nan'):.2f}x | {h['peak_rss_mb']:.0f} |")
     if answers:
         out += ["", f"Time to answer (10k products; means of the product elasticities within 1% relative RMS "
                 f"of a {args.answer_steps}-step run's; AutoNormal, 1 particle):", "",

@@ -15,9 +15,13 @@ How rows get there:
   B contiguous rows starting there in every device's part (cyclically): every
   row of the chunk is in the batch with the same probability, so the estimate
   is unbiased. No gather: a dynamic slice.
-- When the chunk is not all the data, a new chunk is put in place before each
-  compiled block of steps (``advance``); the next one is drawn and copied to
-  the devices by a background thread while the current block runs.
+- When the chunk is not all the data, chunk b of the fit is put in place before
+  block b of steps (``advance``). Chunk b holds positions ``[b C, (b + 1) C)`` of
+  the endless sequence of the rows' epoch permutations (epoch e permuted by
+  ``seed`` and e alone), so it is a function of the block number: a fit resumed
+  from a checkpoint sees the same chunks as one that never stopped. The next one
+  is drawn and copied to the devices by a background thread while the current
+  block runs.
 
 The model function for fitting is ``batched(model)``: called with
 ``rows={"chunk": ..., "stream": ...}`` it picks the batch; called with plain
@@ -58,11 +62,12 @@ class BatchStream:
         self.chunk_per_device = -(-self.n // d) if self.whole else chunk // d   # Cd
         self.chunk_real = self.n if self.whole else self.chunk_per_device * d
         self.scale = float(self.n / self.chunk_real * self.chunk_per_device / self.per_device)
-        self._rng = np.random.default_rng(seed)
-        self._perm, self._pos = self._rng.permutation(self.n), 0
+        self._seed = int(seed)
+        self._perms: dict[int, np.ndarray] = {}
         self._consts = consts
-        self._current = self._make_chunk()
-        self._next: dict | None = None
+        self.block = 0                           # the block whose chunk is in place
+        self._current = self._make_chunk(0)
+        self._next: tuple[int, dict] | None = None
         self._thread: threading.Thread | None = None
         self.chunks = 1
 
@@ -70,23 +75,32 @@ class BatchStream:
     def model_kwargs(self) -> dict:
         return {"rows": {"chunk": self._current, "stream": self}, "consts": self._consts}
 
-    def advance(self, dyn: list, rebuild: Callable) -> list:
-        """``dyn`` (the engine's array arguments) with the next chunk in place of the current one;
-        the same ``dyn`` when the chunk is all the data."""
-        if self.whole:
+    def advance(self, dyn: list, rebuild: Callable, block: int) -> list:
+        """``dyn`` (the engine's array arguments) with chunk ``block`` in place; the same ``dyn``
+        when the chunk is all the data or already in place."""
+        if self.whole or block == self.block:
             return dyn
         from .engines.base import split_kwargs
         kw = rebuild(dyn)
-        kw["rows"] = {"chunk": self.next_chunk(), "stream": self}
+        kw["rows"] = {"chunk": self.chunk_at(block), "stream": self}
         return split_kwargs(kw)[0]
 
     def next_chunk(self) -> dict:
-        """Put the next chunk in place (the prefetched one) and start preparing the one after."""
-        if self.whole:
+        """The chunk of the next block, put in place."""
+        return self.chunk_at(self.block + 1)
+
+    def chunk_at(self, block: int) -> dict:
+        """Put chunk ``block`` in place (the prefetched one when it is that) and start preparing
+        the one after."""
+        if self.whole or block == self.block:
             return self._current
-        self._current = self._take_next()
+        if self._thread is not None:
+            self._thread.join()
+        nxt, self._next, self._thread = self._next, None, None
+        self._current = nxt[1] if nxt is not None and nxt[0] == block else self._make_chunk(block)
+        self.block = block
         self.chunks += 1
-        self._prefetch()
+        self._prefetch(block + 1)
         return self._current
 
     @property
@@ -94,21 +108,27 @@ class BatchStream:
         return self._current
 
     # ---- chunks
-    def _indices(self) -> np.ndarray:
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+            self._perms[epoch] = np.random.default_rng([self._seed, epoch]).permutation(self.n)
+        return self._perms[epoch]
+
+    def _indices(self, block: int) -> np.ndarray:
+        """Rows of chunk ``block``: its window of the concatenated epoch permutations."""
         if self.whole:
-            return self._perm
-        out, need = [], self.chunk_real
+            return self._perm(0)
+        out, pos, need = [], block * self.chunk_real, self.chunk_real
         while need:
-            take = min(need, self.n - self._pos)
-            out.append(self._perm[self._pos:self._pos + take])
-            self._pos += take
+            epoch, at = divmod(pos, self.n)
+            take = min(need, self.n - at)
+            out.append(self._perm(epoch)[at:at + take])
+            pos += take
             need -= take
-            if self._pos == self.n:
-                self._perm, self._pos = self._rng.permutation(self.n), 0
         return np.concatenate(out)
 
-    def _make_chunk(self) -> dict:
-        idx = self._indices()
+    def _make_chunk(self, block: int) -> dict:
+        idx = self._indices(block)
         d, cd, bd = self.devices, self.chunk_per_device, self.per_device
         mask = np.zeros(d * cd, bool)
         mask[: len(idx)] = True
@@ -133,19 +153,13 @@ class BatchStream:
         from jax.sharding import NamedSharding, PartitionSpec as P
         return jax.device_put(a, NamedSharding(self.mesh, P("data")))
 
-    def _prefetch(self) -> None:
+    def _prefetch(self, block: int) -> None:
         def work():
-            self._next = self._make_chunk()
-            jax.block_until_ready(self._next)
+            chunk = self._make_chunk(block)
+            jax.block_until_ready(chunk)
+            self._next = (block, chunk)
         self._thread = threading.Thread(target=work, daemon=True)
         self._thread.start()
-
-    def _take_next(self) -> dict:
-        if self._thread is None:
-            self._prefetch()
-        self._thread.join()
-        nxt, self._next, self._thread = self._next, None, None
-        return nxt
 
 
 def window(stream: BatchStream, chunk: dict, start) -> dict:

@@ -34,11 +34,12 @@ to the population parameters. Its cost per step grows like ``D * G``, linear
 in the number of groups, and its log density is a sum of triangular
 log-determinants (no D x D matrix anywhere).
 
-Which sites are "population-level": every latent site outside a plate, plus a
-small plate that sits above larger ones (e.g. the categories of a
-product-within-category chain: at most ``PROMOTE_MAX`` values in all and at
-most a quarter the size of the largest plate), up to ``GLOBAL_MAX`` values in
-all; a site outside every plate that would take the population block past
+Which sites are "population-level": every latent site outside a plate, plus
+every plate but the one with the most values, smallest first, while each has
+at most ``PROMOTE_MAX`` values and the block stays within ``GLOBAL_MAX`` (the
+categories of a product-within-category chain; a category x period factor
+crossed with the products, whose values are correlated with every product's
+intercept); a site outside every plate that would take the population block past
 ``GLOBAL_MAX`` (a factor with thousands of levels) is given one independent
 block per value instead.
 """
@@ -63,7 +64,7 @@ from .errors import HbmError, did_you_mean
 GUIDES = ("normal", "lowrank", "mvn", "structured", "delta")
 DEFAULT_GUIDE = "structured"
 GLOBAL_MAX = 64      # population-level values kept in one dense block
-PROMOTE_MAX = 32     # a plate whose values fit this (and GLOBAL_MAX) joins the population block
+PROMOTE_MAX = 64     # a plate whose values fit this (and GLOBAL_MAX) joins the population block
 MVN_MAX = 2000       # the dense guide's D x D factor is refused above this
 
 
@@ -156,11 +157,13 @@ def plan_layout(sites: list[tuple[str, tuple, int, list[tuple[str, int]]]],
         else:
             blocks.append((name, pos[:, None]))
     groups = {p: np.concatenate(parts, axis=1) for p, parts in plated.items()}
-    largest = max((g.shape[0] for g in groups.values()), default=0)
+    # the plate with the most values keeps its blocks; smaller plates join the population block
+    # while it has room, smallest first (categories above products, a crossed category x period
+    # factor beside them: their values are correlated with every product's block)
+    largest = max(groups, key=lambda p: groups[p].size, default=None)
     for plate in sorted(groups, key=lambda p: groups[p].size):
         g = groups[plate]
-        if (g.size <= promote_max and used + g.size <= global_max and 4 * g.shape[0] <= largest
-                and len(groups) > 1):
+        if plate != largest and g.size <= promote_max and used + g.size <= global_max:
             glob.append(g.reshape(-1))
             used += g.size
         else:

@@ -135,3 +135,44 @@ def test_minibatch_fit_recovers_known_values():
 def test_batch_size_needs_an_optimisation_engine():
     with pytest.raises(HbmError, match="batch_size needs an optimisation engine"):
         _model(50, frame(), inference={"engine": "nuts"})
+
+
+def test_chunk_b_depends_on_the_block_alone():
+    """Chunk b is a window of the seeded epoch permutations: the same however the stream got there."""
+    m = _model(20, frame(n=400))
+    kw = m.batches.model_kwargs()["consts"]
+    walked = BatchStream(m.batches.rows, kw, 20, seed=3, chunk_rows=100)
+    chunks = [np.asarray(walked.chunk["X"])] + [np.asarray(walked.next_chunk()["X"]) for _ in range(5)]
+    jumped = BatchStream(m.batches.rows, kw, 20, seed=3, chunk_rows=100)
+    assert np.array_equal(np.asarray(jumped.chunk_at(5)["X"]), chunks[5])     # epoch 1, second chunk
+    assert np.array_equal(np.asarray(jumped.chunk_at(2)["X"]), chunks[2])     # and back
+    assert not np.array_equal(chunks[0], chunks[4])                           # a new epoch, a new order
+    other = BatchStream(m.batches.rows, kw, 20, seed=4, chunk_rows=100)
+    assert not np.array_equal(np.asarray(other.chunk["X"]), chunks[0])
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_an_interrupted_minibatch_fit_resumes_exactly(tmp_path, monkeypatch):
+    """Chunks follow the block number, so a fit resumed from a mid-block checkpoint takes the same
+    steps on the same rows as one that never stopped."""
+    import hbm.batching
+    monkeypatch.setattr(hbm.batching, "CHUNK_ROWS", 100)        # 4 chunks of the 400 rows
+    m = _model(20, frame(n=400))
+    assert not m.batches.whole
+    settings = dict(engine="svi", guide="normal", steps=400, tolerance=0, draws=50, seed=5,
+                    checkpoint_every=50, checkpoint_seconds=None, options=(("block", 100),))
+    whole = hbm.fit(m, checkpoint=tmp_path / "a", **settings)
+
+    def stop_after_first_block(step, total, loss):
+        if step >= 100:
+            raise _Stop
+    m2 = _model(20, frame(n=400))
+    with pytest.raises(_Stop):
+        hbm.fit(m2, checkpoint=tmp_path / "b", progress=stop_after_first_block, **settings)
+    resumed = hbm.fit(_model(20, frame(n=400)), checkpoint=tmp_path / "b", **settings)
+    assert resumed.engine.info.get("resumed_from_step") == 50                # inside block 0
+    np.testing.assert_array_equal(resumed.engine.loss, whole.engine.loss)
+    np.testing.assert_allclose(resumed.summary()["mean"], whole.summary()["mean"], rtol=1e-6)

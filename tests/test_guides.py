@@ -90,6 +90,20 @@ def test_layout_promotes_a_small_upper_plate_and_demotes_a_huge_global_site():
     assert np.array_equal(np.sort(lay.perm), np.arange(6 + 40 + 80 + 100))
 
 
+def test_layout_promotes_a_crossed_plate_beside_the_largest():
+    """A category x period factor crossed with products (more levels than products, fewer values)
+    joins the population block, so every product's block is coupled to it; products stay blocks."""
+    sites = [("mu", (), -1, []),
+             ("cat", (4,), 0, [("category", 4)]),
+             ("cell", (40,), 0, [("category:period", 40)]),
+             ("prod", (32, 2), 0, [("product", 32)])]
+    lay = plan_layout(sites)
+    assert sorted(lay.glob.tolist()) == list(range(45))
+    assert dict(lay.blocks)["product"].shape == (32, 2)
+    lay = plan_layout(sites, promote_max=32)                  # too many values to promote
+    assert dict(lay.blocks)["category:period"].shape == (40, 1)
+
+
 def test_layout_keeps_the_only_plate_as_blocks():
     lay = plan_layout([("mu", (), -1, []), ("z", (24, 2), 0, [("subject", 24)])])
     assert lay.glob.tolist() == [0] and dict(lay.blocks)["subject"].shape == (24, 2)

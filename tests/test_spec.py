@@ -61,7 +61,10 @@ def test_defaults():
     assert (s.name, s.family, s.priors, s.data, s.simulate) == ("model", None, (), None, None)
     assert (s.devices, s.batch_size, s.noncentered, s.params, s.bounds) == ("auto", None, True, (), ())
     i = s.inference
-    assert (i.engine, i.guide, i.rank, i.loss, i.alpha, i.particles) == ("svi", "normal", None, "elbo", 0.0, 1)
+    assert (i.engine, i.guide, i.rank, i.loss, i.alpha, i.particles) == ("svi", "structured", None, "elbo", 0.0, None)
+    assert i.n_particles == 4      # the structured guide's calibrated default
+    assert load_spec({"formula": "y ~ x", "inference": {"guide": "normal"}}).inference.n_particles == 1
+    assert load_spec({"formula": "y ~ x", "inference": {"particles": 2}}).inference.n_particles == 2
     assert i.optimizer == Fn("adam", (), (("lr", 0.01),))
     assert (i.steps, i.tolerance, i.draws, i.seed) == (20000, 1e-4, 1000, 0)
     assert (i.warmup, i.samples, i.chains, i.target_accept, i.max_tree_depth, i.options) == (

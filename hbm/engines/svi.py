@@ -60,7 +60,7 @@ def make_elbo(config: Any):
     """The ELBO object for ``inference.loss`` / ``particles`` / ``alpha``."""
     from numpyro.infer import RenyiELBO, Trace_ELBO
 
-    particles = int(getattr(config, "particles", 1) or 1)
+    particles = _particles(config)
     loss = getattr(config, "loss", "elbo")
     if loss == "elbo":
         return Trace_ELBO(num_particles=particles, vectorize_particles=True)
@@ -71,6 +71,12 @@ def make_elbo(config: Any):
                            hint="alpha = 1 is the ordinary ELBO: use loss: elbo")
         return RenyiELBO(alpha=alpha, num_particles=particles)
     raise HbmError(f"unknown loss '{loss}'", where="inference.loss", hint=_hint(loss, LOSSES, "losses"))
+
+
+def _particles(config: Any) -> int:
+    """``config.n_particles`` (an InferenceSpec), or its ``particles`` for a plain config object."""
+    n = getattr(config, "n_particles", None)
+    return int(n if n is not None else (getattr(config, "particles", 1) or 1))
 
 
 def _hint(name: str, names: tuple[str, ...], what: str) -> str:
@@ -107,7 +113,7 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     model = problem.model
     dyn, rebuild = split_kwargs(problem.model_kwargs)
     from ..batching import batch_stream
-    stream = batch_stream(problem.model_kwargs)  # minibatches (hbm.batching): a new chunk per call
+    stream = batch_stream(problem.model_kwargs)  # minibatches (hbm.batching): chunk b for block b
     steps = int(config.steps)
     if steps < 1:
         raise HbmError(f"steps must be at least 1, got {steps}", where="inference.steps")
@@ -182,7 +188,7 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
         block_end = min(done - done % size + size, steps)
         while done < block_end:
             n = min(piece, block_end - done)
-            dyn = dyn if stream is None else stream.advance(dyn, rebuild)
+            dyn = dyn if stream is None else stream.advance(dyn, rebuild, done // size)
             start, (state, losses, ran) = state, step_block(state, dyn, np.int32(n))
             losses = np.asarray(losses, np.float64)[: int(ran)]
             history.append(losses)
@@ -321,7 +327,7 @@ class SVIEngine:
                 stats["log_q"] = log_q[None]
         fit.timings["sample_s"] = time.perf_counter() - t
         info = {"engine": self.name, "guide": guide, "loss": getattr(config, "loss", "elbo"),
-                "particles": int(getattr(config, "particles", 1) or 1), "draws": int(config.draws),
+                "particles": _particles(config), "draws": int(config.draws),
                 **fit.info}
         if info["loss"] == "renyi":
             info["alpha"] = float(config.alpha)
