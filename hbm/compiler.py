@@ -4,7 +4,8 @@
     model.ir                          # the inspectable intermediate form
     model.numpyro_model(**model.data) # plain NumPyro
 
-``model.rows`` are the per-row arrays of ``hbm.encode`` in the data's order;
+``model.rows`` are the per-row arrays of ``hbm.encode`` in the data's order (NumPy, on the
+host, when the fit layout differs from them);
 ``model.data`` are what the engines fit: the same rows in the fit layout
 (``hbm.layout``), placed on the devices (``hbm.devices``), or a stream of
 minibatches (``hbm.batching``).
@@ -112,8 +113,8 @@ def compile_table(spec: Spec, df: pd.DataFrame, *, devices=None, noncentered=Non
     fit_consts = {**place({}, consts, mesh)[1], **fit_consts}
     if plan.kind == "flat" and mesh is None:
         rows, consts = fit_rows, fit_consts
-    else:
-        rows, consts = place(rows, consts, None)
+    else:   # the per-row arrays stay on the host: a device holds only the rows it fits
+        consts = place({}, consts, None)[1]
     return CompiledModel(spec, formula, model_ir, enc, rows, consts, model_fn, len(df), n_dev, fingerprint(df),
                          fit_rows, fit_consts, plan)
 
