@@ -136,6 +136,20 @@ def corrected_summary(fit_result):
     return c.summary(), c.diagnostics
 
 
+def svi_overrides(items: list[str]) -> dict:
+    """``--set`` items as ``hbm.fit`` keyword overrides (values parsed as the spec parses them)."""
+    from hbm.spec import load_spec
+    if not items:
+        return {}
+    inf = load_spec({"formula": "y ~ 1", "inference": {k: _value(v) for k, v in (i.split("=", 1) for i in items)}})
+    return {k.split("=", 1)[0]: getattr(inf.inference, k.split("=", 1)[0]) for k in items}
+
+
+def _value(text: str):
+    import yaml
+    return yaml.safe_load(text) if not text.endswith(")") else text
+
+
 def run_dataset(spec, seed: int, args, log) -> list[dict]:
     import hbm
     from hbm.simulate import simulate
@@ -152,19 +166,19 @@ def run_dataset(spec, seed: int, args, log) -> list[dict]:
     for guide in args.guides:
         t = time.perf_counter()
         try:
-            r = hbm.fit(model, engine="svi", guide=guide, seed=seed)
+            r = hbm.fit(model, engine="svi", guide=guide, seed=seed, **args.svi_overrides)
         except Exception as e:  # noqa: BLE001 - one failed fit must not end the study
-            rows.append({"method": guide, "error": f"{type(e).__name__}: {e}"[:300]})
+            rows.append({"method": guide + args.label, "error": f"{type(e).__name__}: {e}"[:300]})
             continue
         s = r.summary()
         wall = time.perf_counter() - t
         d = r.diagnostics or {}
         base = {"wall_s": wall, "fit_s": r.engine.timings.get("fit_s"), "steps": r.engine.info.get("steps_run"),
                 "khat": d.get("pareto_k"), "ess_is": d.get("ess")}
-        rows.append({"method": guide, **base, **metrics(s, truth, ref)})
+        rows.append({"method": guide + args.label, **base, **metrics(s, truth, ref)})
         cs, cd = corrected_summary(r)
         if cs is not None:
-            rows.append({"method": f"{guide}+psis", **base, "applied": bool(cd["correction"]["applied"]),
+            rows.append({"method": f"{guide}{args.label}+psis", **base, "applied": bool(cd["correction"]["applied"]),
                          **metrics(cs, truth, ref)})
     for row in rows:
         row.update(spec=spec.name, dataset=seed)
@@ -284,8 +298,12 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=0,
                    help="data sets per process (0: a spec's all in one); with --jobs, splits a spec's data sets")
     p.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)   # a chunk's first data set
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an inference setting for the SVI fits, e.g. particles=1 or 'optimizer=adam(lr=0.003)'")
     args = p.parse_args(argv)
     args.guides = [g.strip() for g in args.guides.split(",") if g.strip()]
+    args.svi_overrides = svi_overrides(args.set)
+    args.label = f"[{', '.join(args.set)}]" if args.set else ""
     if args.quick:
         args.warmup = args.samples = 200
 

@@ -141,7 +141,7 @@ def _check_inference(spec) -> None:
     from .engines.optim import build_optimizer
     from .engines.registry import get_engine
     get_engine(spec.inference.engine)
-    build_optimizer(spec.inference.optimizer)
+    build_optimizer(spec.inference.optimizer_fn)
 
 
 def cmd_fit(args) -> int:

@@ -29,7 +29,8 @@ LOSSES = ("elbo", "renyi")
 CORRECTIONS = ("none", "psis")   # hbm.diagnostics.CORRECTIONS
 BOUNDS = ("real", "positive", "unit")
 MAX_STEPS = 10_000_000
-DEFAULT_PARTICLES = 4       # with the structured guide, when inference.particles is not given
+DEFAULT_OPTIMIZER = Fn("adam", (), (("lr", 0.01),))
+STRUCTURED_OPTIMIZER = Fn("adam", (), (("lr", 0.003),))   # the structured guide's, when none is given
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +43,8 @@ class InferenceSpec:
     correct: str = "none"          # none | psis: reweigh a guide's draws by PSIS (hbm/diagnostics.py)
     loss: str = "elbo"             # elbo | renyi
     alpha: float = 0.0             # renyi alpha
-    particles: int | None = None   # None: DEFAULT_PARTICLES with the structured guide, else 1
-    optimizer: Fn = Fn("adam", (), (("lr", 0.01),))
+    particles: int = 1
+    optimizer: Fn | None = None    # None: adam, lr 0.003 with the structured guide, else 0.01 (optimizer_fn)
     steps: int = 20000             # upper bound when convergence stopping is on
     tolerance: float = 1e-4        # relative loss change counted as converged; 0 disables stopping
     draws: int = 1000
@@ -58,12 +59,12 @@ class InferenceSpec:
     options: tuple[tuple[str, Any], ...] = ()   # free-form options for plugin engines
 
     @property
-    def n_particles(self) -> int:
-        """The ELBO's particles: as set, else 4 with the structured guide (its calibrated
-        default, benchmarks/RESULTS.md) and 1 with the others."""
-        if self.particles:
-            return int(self.particles)
-        return DEFAULT_PARTICLES if self.guide == "structured" else 1
+    def optimizer_fn(self) -> Fn:
+        """The optimizer: as set, else adam with lr 0.003 for the structured guide (its calibrated
+        default: a larger step's noise narrows its intervals, benchmarks/RESULTS.md) and 0.01."""
+        if self.optimizer is not None:
+            return self.optimizer
+        return STRUCTURED_OPTIMIZER if self.guide == "structured" else DEFAULT_OPTIMIZER
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,7 @@ class Spec:
     def to_dict(self) -> dict:
         """A plain, YAML-serialisable dict with every default filled in."""
         inf = {f.name: getattr(self.inference, f.name) for f in fields(InferenceSpec)}
-        inf["optimizer"] = str(self.inference.optimizer)
+        inf["optimizer"] = None if self.inference.optimizer is None else str(self.inference.optimizer)
         inf["options"] = _thaw_map(self.inference.options)
         sim = None
         if self.simulate is not None:
@@ -366,7 +367,7 @@ def _thaw_map(pairs) -> dict:
 
 _INFERENCE = {
     "engine": _text, "guide": _choice(GUIDES), "rank": _optional(_integer()), "correct": _choice(CORRECTIONS),
-    "loss": _choice(LOSSES), "alpha": _real(), "particles": _optional(_integer()), "optimizer": None,
+    "loss": _choice(LOSSES), "alpha": _real(), "particles": _integer(), "optimizer": None,
     "steps": _integer(1, MAX_STEPS), "tolerance": _real("a non-negative number", lambda x: x >= 0),
     "draws": _integer(), "seed": _integer(0, 2**32 - 1), "warmup": _integer(0), "samples": _integer(),
     "chains": _integer(), "target_accept": _real("a number between 0 and 1 (exclusive)", lambda x: 0 < x < 1),
@@ -497,14 +498,14 @@ class _Builder:
         dflt = InferenceSpec()
         kw = {k: self.take(d, k, c, getattr(dflt, k), "inference.") for k, c in _INFERENCE.items() if c}
         kw["options"] = _freeze(self.section(d.get("options"), "inference.options"))
-        kw["optimizer"] = self.optimizer(d["optimizer"]) if "optimizer" in d else dflt.optimizer
+        kw["optimizer"] = self.optimizer(d["optimizer"]) if d.get("optimizer") is not None else None
         if kw["loss"] == "renyi" and kw["alpha"] == 1:
             self.add("inference.alpha = 1 makes the Renyi bound the ELBO", "inference.alpha",
                      "use loss: elbo, or another alpha (0 is the default)")
         return InferenceSpec(**kw)
 
     def optimizer(self, v) -> Fn:
-        key, dflt = "inference.optimizer", InferenceSpec().optimizer
+        key, dflt = "inference.optimizer", DEFAULT_OPTIMIZER
         if isinstance(v, Fn):
             return v
         if not isinstance(v, str) or not v.strip():

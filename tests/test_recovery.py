@@ -95,11 +95,11 @@ def test_varying_slopes_nuts():
 
 
 def test_varying_slopes_svi():
-    summary, truth = _fit(SLOPES_SPEC, "svi", steps=4000, draws=400,
-                          optimizer=hbm.spec.parse_call("adam(lr=0.05)"))
+    # hbm's default variational fit: the structured guide, adam(lr=0.003), stopping when converged
+    summary, truth = _fit(SLOPES_SPEC, "svi", steps=20000, draws=400)
     # 24 subjects: the population values are known to about sd / sqrt(24)
     assert abs(summary.loc["Intercept", "mean"] - 250) < 3 * 25 / np.sqrt(24)
     assert abs(summary.loc["Days", "mean"] - 10) < 3 * 6 / np.sqrt(24)
-    assert abs(summary.loc["sigma", "mean"] - 20) < 0.2 * 20  # mean-field leans high on sigma
+    assert abs(summary.loc["sigma", "mean"] - 20) < 0.2 * 20
     cov, corr = _coverage(summary, truth, "Days[Subject=")
-    assert corr > 0.8 and cov >= 0.6
+    assert corr > 0.8 and cov >= 0.75

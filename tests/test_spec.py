@@ -61,11 +61,13 @@ def test_defaults():
     assert (s.name, s.family, s.priors, s.data, s.simulate) == ("model", None, (), None, None)
     assert (s.devices, s.batch_size, s.noncentered, s.params, s.bounds) == ("auto", None, True, (), ())
     i = s.inference
-    assert (i.engine, i.guide, i.rank, i.loss, i.alpha, i.particles) == ("svi", "structured", None, "elbo", 0.0, None)
-    assert i.n_particles == 4      # the structured guide's calibrated default
-    assert load_spec({"formula": "y ~ x", "inference": {"guide": "normal"}}).inference.n_particles == 1
-    assert load_spec({"formula": "y ~ x", "inference": {"particles": 2}}).inference.n_particles == 2
-    assert i.optimizer == Fn("adam", (), (("lr", 0.01),))
+    assert (i.engine, i.guide, i.rank, i.loss, i.alpha, i.particles) == ("svi", "structured", None, "elbo", 0.0, 1)
+    # no optimizer given: the guide's calibrated default
+    assert i.optimizer is None and i.optimizer_fn == Fn("adam", (), (("lr", 0.003),))
+    normal = load_spec({"formula": "y ~ x", "inference": {"guide": "normal"}}).inference
+    assert normal.optimizer_fn == Fn("adam", (), (("lr", 0.01),))
+    given = load_spec({"formula": "y ~ x", "inference": {"optimizer": "sgd(lr=0.1)"}}).inference
+    assert given.optimizer_fn == Fn("sgd", (), (("lr", 0.1),))
     assert (i.steps, i.tolerance, i.draws, i.seed) == (20000, 1e-4, 1000, 0)
     assert (i.warmup, i.samples, i.chains, i.target_accept, i.max_tree_depth, i.options) == (
         1000, 1000, 4, 0.8, 10, ())
@@ -316,7 +318,7 @@ def test_to_dict_fills_every_default():
     d = load_spec("formula: y ~ x").to_dict()
     assert set(d) == {f.name for f in dataclasses.fields(Spec)} - {"source_path"}
     assert set(d["inference"]) == {f.name for f in dataclasses.fields(InferenceSpec)}
-    assert d["inference"]["optimizer"] == "adam(lr=0.01)" and d["inference"]["tolerance"] == 1e-4
+    assert d["inference"]["optimizer"] is None and d["inference"]["tolerance"] == 1e-4
     assert d["simulate"] is None and d["priors"] == {} and d["devices"] == "auto"
 
 

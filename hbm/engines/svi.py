@@ -74,9 +74,14 @@ def make_elbo(config: Any):
 
 
 def _particles(config: Any) -> int:
-    """``config.n_particles`` (an InferenceSpec), or its ``particles`` for a plain config object."""
-    n = getattr(config, "n_particles", None)
-    return int(n if n is not None else (getattr(config, "particles", 1) or 1))
+    return int(getattr(config, "particles", 1) or 1)
+
+
+def optimizer_of(config: Any):
+    """``config.optimizer_fn`` (an InferenceSpec: the guide's default when none is set), or its
+    ``optimizer`` (a plain config object), or adam(lr=0.01)."""
+    fn = getattr(config, "optimizer_fn", None)
+    return fn if fn is not None else (getattr(config, "optimizer", None) or "adam(lr=0.01)")
 
 
 def _hint(name: str, names: tuple[str, ...], what: str) -> str:
@@ -109,7 +114,7 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     from numpyro.infer import SVI
     from numpyro.infer.initialization import init_to_feasible, init_to_median
 
-    optim = build_optimizer(getattr(config, "optimizer", None))
+    optim = build_optimizer(optimizer_of(config))
     model = problem.model
     dyn, rebuild = split_kwargs(problem.model_kwargs)
     from ..batching import batch_stream
@@ -232,7 +237,7 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     info = {
         "steps": steps, "steps_run": done, "converged": stop == "converged", "stop_reason": stop,
         "tolerance": tol, "rel_change": rel, "block": size, "final_loss": mean,
-        "optimizer": str(getattr(config, "optimizer", None) or "adam(lr=0.01)"),
+        "optimizer": str(optimizer_of(config)),
         "steps_per_s": (done - first) / fit_s if fit_s > 0 and done > first else None,
     }
     if checkpoint is not None:
