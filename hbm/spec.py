@@ -60,11 +60,13 @@ class InferenceSpec:
 
     @property
     def optimizer_fn(self) -> Fn:
-        """The optimizer: as set, else adam with lr 0.003 for the structured guide (its calibrated
-        default: a larger step's noise narrows its intervals, benchmarks/RESULTS.md) and 0.01."""
+        """The optimizer: as set, else adam with lr 0.003 for SVI with the structured guide (its
+        calibrated default: a larger step's noise narrows its intervals, benchmarks/RESULTS.md) and
+        0.01 otherwise (other guides, map, laplace)."""
         if self.optimizer is not None:
             return self.optimizer
-        return STRUCTURED_OPTIMIZER if self.guide == "structured" else DEFAULT_OPTIMIZER
+        structured = self.engine == "svi" and self.guide == "structured"
+        return STRUCTURED_OPTIMIZER if structured else DEFAULT_OPTIMIZER
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,7 @@ def test_defaults():
     assert i.optimizer is None and i.optimizer_fn == Fn("adam", (), (("lr", 0.003),))
     normal = load_spec({"formula": "y ~ x", "inference": {"guide": "normal"}}).inference
     assert normal.optimizer_fn == Fn("adam", (), (("lr", 0.01),))
+    assert load_spec({"formula": "y ~ x", "inference": {"engine": "map"}}).inference.optimizer_fn == normal.optimizer_fn
     given = load_spec({"formula": "y ~ x", "inference": {"optimizer": "sgd(lr=0.1)"}}).inference
     assert given.optimizer_fn == Fn("sgd", (), (("lr", 0.1),))
     assert (i.steps, i.tolerance, i.draws, i.seed) == (20000, 1e-4, 1000, 0)
