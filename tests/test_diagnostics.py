@@ -3,8 +3,8 @@ correction, and where the figures are written."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, replace
+from functools import partial
 
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +18,7 @@ from hbm.diagnostics import KHAT_OK, check_fit, corrected, psis, report_lines, s
 from hbm.engines import FitProblem, get_engine
 from hbm.engines.base import EngineResult
 from hbm.parse import parse_call
+from hbm.spec import InferenceSpec
 
 
 # ------------------------------------------------------------------ PSIS on known weights
@@ -100,21 +101,10 @@ def conjugate(y):
         numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
 
 
-@dataclass(frozen=True)
-class Inference:
-    engine: str = "svi"
-    guide: str = "normal"
-    rank: int | None = None
-    loss: str = "elbo"
-    alpha: float = 0.5
-    particles: int = 1
-    optimizer: Any = field(default_factory=lambda: parse_call("adam(lr=exponential_decay(0.05, 1500, 0.02))"))
-    steps: int = 1500
-    tolerance: float = 0.0
-    draws: int = 2000
-    seed: int = 0
-    correct: str = "none"
-    options: tuple = ()
+# hbm's own settings object with this file's defaults: Inference(steps=2) etc.
+Inference = partial(replace, InferenceSpec(
+    guide="normal", alpha=0.5, optimizer=parse_call("adam(lr=exponential_decay(0.05, 1500, 0.02))"), steps=1500,
+    tolerance=0.0, draws=2000))
 
 
 def test_khat_is_low_for_an_exact_guide_and_high_for_a_bad_one():

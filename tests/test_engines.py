@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import replace
+from functools import partial
 
 import jax.numpy as jnp
 import numpy as np
@@ -15,29 +15,13 @@ from hbm.engines import Engine, FitProblem, available_engines, build_optax, buil
 from hbm.engines import registry
 from hbm.errors import HbmError
 from hbm.parse import parse_call
+from hbm.spec import InferenceSpec
 
 
-@dataclass(frozen=True)
-class Inference:
-    """Stand-in for hbm.spec.InferenceSpec (same field names)."""
-
-    engine: str = "svi"
-    guide: str = "normal"
-    rank: int | None = None
-    loss: str = "elbo"
-    alpha: float = 0.5
-    particles: int = 1
-    optimizer: Any = field(default_factory=lambda: parse_call("adam(lr=exponential_decay(0.05, 400, 0.1))"))
-    steps: int = 2000
-    tolerance: float = 0.0
-    draws: int = 1000
-    seed: int = 0
-    warmup: int = 300
-    samples: int = 500
-    chains: int = 2
-    target_accept: float = 0.8
-    max_tree_depth: int = 8
-    options: tuple = ()
+# hbm's own settings object with this file's defaults: Inference(particles=4) etc.
+Inference = partial(replace, InferenceSpec(
+    guide="normal", alpha=0.5, optimizer=parse_call("adam(lr=exponential_decay(0.05, 400, 0.1))"), steps=2000,
+    tolerance=0.0, draws=1000, warmup=300, samples=500, chains=2, max_tree_depth=8))
 
 
 # ------------------------------------------------------------------ conjugate normal: exact posterior

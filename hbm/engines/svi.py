@@ -77,13 +77,6 @@ def _particles(config: Any) -> int:
     return int(getattr(config, "particles", 1) or 1)
 
 
-def optimizer_of(config: Any):
-    """``config.optimizer_fn`` (an InferenceSpec: the guide's default when none is set), or its
-    ``optimizer`` (a plain config object), or adam(lr=0.01)."""
-    fn = getattr(config, "optimizer_fn", None)
-    return fn if fn is not None else (getattr(config, "optimizer", None) or "adam(lr=0.01)")
-
-
 def _hint(name: str, names: tuple[str, ...], what: str) -> str:
     dym = did_you_mean(str(name), names)
     return (f"{dym} " if dym else "") + f"{what}: {', '.join(names)}"
@@ -114,7 +107,7 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     from numpyro.infer import SVI
     from numpyro.infer.initialization import init_to_feasible, init_to_median
 
-    optim = build_optimizer(optimizer_of(config))
+    optim = build_optimizer(config.optimizer_fn)
     model = problem.model
     dyn, rebuild = split_kwargs(problem.model_kwargs)
     from ..batching import batch_stream
@@ -237,7 +230,7 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     info = {
         "steps": steps, "steps_run": done, "converged": stop == "converged", "stop_reason": stop,
         "tolerance": tol, "rel_change": rel, "block": size, "final_loss": mean,
-        "optimizer": str(optimizer_of(config)),
+        "optimizer": str(config.optimizer_fn),
         "steps_per_s": (done - first) / fit_s if fit_s > 0 and done > first else None,
     }
     if checkpoint is not None:
