@@ -1,0 +1,1 @@
+"""Real-data validation suite: hbm's fits against references computed without hbm (see README.md)."""
