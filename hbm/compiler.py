@@ -30,6 +30,7 @@ from .parse import parse_formula
 from .resolve import resolve
 from .spec import Spec, load_spec
 from .table import TableInfo, as_dataframe, read_table
+from .whiten import population_whitening, shear_means
 
 
 @dataclass
@@ -90,9 +91,11 @@ def compile(spec, table=None, *, devices: int | str | None = None) -> CompiledMo
 
 
 def compile_table(spec: Spec, df: pd.DataFrame, *, devices=None, noncentered=None,
-                  layout: str | None = None) -> CompiledModel:
+                  layout: str | None = None, whiten: bool = True) -> CompiledModel:
     """Compile ``spec`` against the DataFrame ``df``; ``layout`` ("auto", "panel", "flat"; default
-    ``HBM_LAYOUT`` or "auto") picks the fit layout (``hbm.layout``)."""
+    ``HBM_LAYOUT`` or "auto") picks the fit layout (``hbm.layout``). ``whiten``: the population
+    coefficients are sampled in centred, whitened coordinates (``hbm.whiten``); ``False`` keeps
+    one sample site per coefficient (conditioning on them by name, as ``hbm.simulate`` does)."""
     if spec.params:  # a non-linear formula: hbm.nonlinear compiles it
         from .nonlinear import compile_nonlinear
         return compile_nonlinear(spec, df, devices=devices,
@@ -102,6 +105,8 @@ def compile_table(spec: Spec, df: pd.DataFrame, *, devices=None, noncentered=Non
     model_ir = resolve(formula, info, family=spec.family, priors=spec.priors,
                        noncentered=spec.noncentered if noncentered is None else noncentered)
     rows, consts, enc = encode(model_ir, info)
+    if whiten:
+        consts = with_whitening(consts, model_ir, info)
     n_dev = resolve_devices(devices if devices is not None else spec.devices)
     mesh = data_mesh(n_dev) if n_dev > 1 else None
     model_fn = make_model(model_ir, mesh)
@@ -117,6 +122,14 @@ def compile_table(spec: Spec, df: pd.DataFrame, *, devices=None, noncentered=Non
         consts = place({}, consts, None)[1]
     return CompiledModel(spec, formula, model_ir, enc, rows, consts, model_fn, len(df), n_dev, fingerprint(df),
                          fit_rows, fit_consts, plan)
+
+
+def with_whitening(consts: dict, model_ir, info) -> dict:
+    """``consts`` with the population block's whitening and the group-level shears
+    (``hbm.whiten``), where the model has them."""
+    white = population_whitening(model_ir, info)
+    shear = shear_means(model_ir, info)
+    return {**consts, **({"whiten": white} if white is not None else {}), **({"shear": shear} if shear else {})}
 
 
 def fingerprint(df: pd.DataFrame) -> str:

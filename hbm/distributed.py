@@ -125,7 +125,7 @@ def compile_file(spec, path: str | Path, layout: str | None = None):
     import jax
     import pyarrow.parquet as pq
 
-    from .compiler import CompiledModel
+    from .compiler import CompiledModel, with_whitening
     from .devices import data_mesh, place, resolve_devices
     from .encode import encode, encode_consts
     from .layout import build_rows, plan_layout
@@ -155,7 +155,7 @@ def compile_file(spec, path: str | Path, layout: str | None = None):
     local = pf.read_row_groups(share[me]).to_pandas()
     info = SharedLevels(local, formula.source, whole)
     rows, _, enc = encode(model_ir, info)
-    consts = encode_consts(model_ir, whole)
+    consts = with_whitening(encode_consts(model_ir, whole), model_ir, whole)
 
     n = len(whole.df)
     codes = {p: whole.levels(model_ir.plate(p).columns)[0] for p in rows["idx"]}

@@ -27,6 +27,7 @@ from .encode import plate_effects, population_columns
 from .families import FAMILIES
 from .likelihood import Likelihood
 from .priors import Fixed, Prior, to_distribution
+from .whiten import SITE as WHITE_SITE, WhitenedPrior, block_members, prior_runs, shear_plan
 
 
 def sample_param(name: str, prior, support: str, shape: tuple = (), dim: int | None = None):
@@ -67,11 +68,40 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
     family = FAMILIES[model.family.name]
     lik = Likelihood(model, effects, mesh)
 
+    members = block_members(model)
+    runs = prior_runs(members)
+    plan = shear_plan(model)
+    tops = {c.site(c.plates[0]): c.top for c in model.chains}
+    # slopes before the intercepts they shear (the order of sites only)
+    chain_order = sorted(model.chains, key=lambda c: c.column.is_intercept)
+    group_order = sorted(model.groups, key=lambda b: not (b.cor_prior is None and not b.columns[0].is_intercept))
+
+    def population(consts) -> dict[str, jnp.ndarray]:
+        """The population coefficients: through the whitened block (``hbm.whiten``) when the
+        compiler built one, else each from its prior."""
+        white = (consts or {}).get("whiten")
+        values = {}
+        if white is not None and members:
+            w = numpyro.sample(WHITE_SITE, WhitenedPrior(runs, white["B_inv"], white["c"], white["log_det"]))
+            x = w @ white["B_inv"].T + white["c"]
+            parts: dict[str, list] = {}
+            for k, m in enumerate(members):
+                parts.setdefault(m.term, []).append(x[..., k])
+            for t in model.population:
+                if t.name in parts:
+                    v = jnp.stack(parts[t.name], -1) if t.is_vector else parts[t.name][0]
+                    values[t.name] = numpyro.deterministic(t.name, v)
+        for t in model.population:
+            if t.name not in values:
+                values[t.name] = sample_param(t.name, t.prior, "real", (len(t.columns),) if t.is_vector else ())
+        return values
+
     def body(rows, consts, mode="fit", scale=None):
+        pop = population(consts)
         values: dict[str, jnp.ndarray] = {}
         b_parts, intercept = [], None
         for t in model.population:
-            v = sample_param(t.name, t.prior, "real", (len(t.columns),) if t.is_vector else ())
+            v = pop[t.name]
             values[t.name] = v
             if t.in_chain:
                 continue
@@ -79,7 +109,25 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
                 intercept = v
             else:
                 b_parts.append(jnp.atleast_1d(v))
-        for c in model.chains:
+        shears = {sh.intercept: sh for p, sh in plan.items() if p in (consts or {}).get("shear", {})}
+
+        def deviation(kind, site, top):
+            return values[site] - (values[top] if top else 0.0) if kind == "chain" else values[site][:, 0]
+
+        def draw(site, plate, loc, sd):
+            """A group-level site; a sheared intercept is drawn as ``hbm.whiten.shear_plan`` says."""
+            sh = shears.get(site)
+            if sh is None:
+                return numpyro.sample(site, dist.Normal(loc, sd))
+            devs = jnp.stack([deviation(kind, s, tops.get(s)) for kind, s, _ in sh.slopes], -1)
+            shift = jnp.sum(consts["shear"][plate] * devs, -1)
+            if model.noncentered:
+                a = loc + sd * numpyro.sample(site + "~", dist.Normal(shift / sd, 1.0)) - shift
+            else:
+                a = numpyro.sample(site + "~", dist.Normal(loc + shift, sd)) - shift
+            return numpyro.deterministic(site, a)
+
+        for c in chain_order:
             loc = values[c.top] if c.top else 0.0
             for k in reversed(range(len(c.plates))):
                 plate = c.plates[k]
@@ -87,13 +135,14 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
                     loc = loc[consts["parent"][f"{plate}>{c.plates[k + 1]}"]]
                 sd = sample_param(c.sd_name(k), c.sd_priors[k], "positive")
                 with numpyro.plate(plate, sizes[plate]):
-                    loc = numpyro.sample(c.site(plate), dist.Normal(loc, sd))
+                    loc = draw(c.site(plate), plate, loc, sd) if k == 0 else \
+                        numpyro.sample(c.site(plate), dist.Normal(loc, sd))
             values[c.site(c.plates[0])] = loc
-        for b in model.groups:
+        for b in group_order:
             sds = [sample_param(b.sd_name(k), s, "positive") for k, s in enumerate(b.sd_priors)]
             if b.cor_prior is None:
                 with numpyro.plate(b.plate, sizes[b.plate]):
-                    r = numpyro.sample(b.site, dist.Normal(0.0, sds[0]))
+                    r = draw(b.site, b.plate, 0.0, sds[0])
                 values[b.site] = r[:, None]
             else:
                 k = len(b.columns)

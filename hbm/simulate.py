@@ -71,7 +71,7 @@ def simulate(spec: Spec, rows: int | None = None, seed: int | None = None) -> tu
     df[lhs.column] = _PLACEHOLDER[FAMILIES[family].support]
     from .compiler import compile_table
     placeholder_spec = dataclasses.replace(spec, family=family, data=None)
-    model = compile_table(placeholder_spec, df, devices=1, noncentered=False)
+    model = compile_table(placeholder_spec, df, devices=1, noncentered=False, whiten=False)
     params = {k: float(v) for k, v in sim.params}
     known = {name.replace(" ", ""): name for name in model.ir.parameter_names()}
     for k in params:

@@ -114,3 +114,20 @@ def compile_once(fn: Callable, *args, fast: bool = False):
 
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def hbm_init(base):
+    """An init strategy: a site whose distribution names its own start (``init_value``, e.g. the
+    whitened population block) starts there; every other site by ``base``. (A ``functools.partial``,
+    as NumPyro expects of an init strategy.)"""
+    import functools
+    return functools.partial(_init_site, base=base)
+
+
+def _init_site(site=None, base=None):
+    if site is None:
+        return hbm_init(base)
+    start = getattr(site.get("fn"), "init_value", None)
+    if site["type"] == "sample" and not site["is_observed"] and start is not None:
+        return start
+    return base(site)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import EngineResult, FitProblem, Progress, compile_once, latent_site_names, split_kwargs
+from .base import EngineResult, FitProblem, Progress, compile_once, hbm_init, latent_site_names, split_kwargs
 
 EXTRA_FIELDS = {"diverging": "diverging", "accept_prob": "accept_prob", "num_steps": "num_steps",
                 "energy": "energy", "adapt_state.step_size": "step_size"}
@@ -42,7 +42,7 @@ class NUTSEngine:
 
         def one_chain(key, dyn_):
             kernel = NUTS(problem.model, target_accept_prob=float(config.target_accept),
-                          max_tree_depth=depth, init_strategy=init_to_median(num_samples=15))
+                          max_tree_depth=depth, init_strategy=hbm_init(init_to_median(num_samples=15)))
             mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=1, progress_bar=False)
             mcmc.run(key, extra_fields=tuple(EXTRA_FIELDS), **rebuild(dyn_))
             samples = mcmc.get_samples()

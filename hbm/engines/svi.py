@@ -48,7 +48,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import HbmError, did_you_mean
-from .base import EngineResult, FitProblem, Progress, compile_once, split_kwargs, to_numpy
+from .base import EngineResult, FitProblem, Progress, compile_once, hbm_init, split_kwargs, to_numpy
 from .optim import build_optimizer
 
 from ..guides import GUIDES, guide_factory  # noqa: E402,F401  (guides live in hbm/guides.py)
@@ -122,7 +122,7 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
 
     def traced_svi(kw: dict) -> SVI:
         # a guide set up inside this trace; the init values it computes are dead code
-        svi = SVI(model, factory(model, init_to_feasible), optim, elbo)
+        svi = SVI(model, factory(model, hbm_init(init_to_feasible)), optim, elbo)
         svi.init(jax.random.PRNGKey(0), **kw)
         return svi
 
@@ -133,7 +133,7 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
         return lambda state: compile_once(run, state, dyn, fast=fast)(state, dyn)
 
     def init(key, dyn_):
-        svi = SVI(model, factory(model, init_to_median(num_samples=15)), optim, elbo)
+        svi = SVI(model, factory(model, hbm_init(init_to_median(num_samples=15))), optim, elbo)
         return svi.init(key, **rebuild(dyn_))
 
     def block(state, dyn_, n):
