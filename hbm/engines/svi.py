@@ -21,9 +21,14 @@ How it runs, for speed:
   is dead code that XLA removes.
 
 Stopping rule: after each block, the block's mean loss ``m_k`` is compared with
-the previous block's: ``|m_k - m_{k-1}| / max(|m_{k-1}|, 1) < tolerance`` on
-two consecutive blocks stops the fit as converged. ``tolerance: 0`` runs all
-``steps``. The block (the window) is ``steps // 20`` clamped to [50, 500]
+the previous block's, ``|m_k - m_{k-1}| / max(|m_{k-1}|, 1) < tolerance``, and the
+guide's estimates at the block's average parameters with the previous block's: the
+median and the 16-84% half-width of every latent value (99th percentile over values)
+may move by at most ``MOVE_TOL`` posterior half-widths. A loss that has flattened
+relative to its size is not enough: on tens of thousands of rows a slow drift of the
+group-level sds hides in the fourth digit of the loss. Both holding on two consecutive
+blocks stops the fit as converged. ``tolerance: 0`` runs all ``steps``;
+``options: {stop: loss}`` keeps the loss alone (and a ``delta`` guide has no width). The block (the window) is ``steps // 20`` clamped to [50, 500]
 steps (``options: {block: N}`` overrides). At the first step whose loss is
 not finite the fit stops and raises :class:`HbmError` naming the step, with
 the last parameters that gave a finite loss as ``err.last_state`` (constrained
@@ -54,6 +59,23 @@ from .optim import build_optimizer
 from ..guides import GUIDES, guide_factory  # noqa: E402,F401  (guides live in hbm/guides.py)
 
 LOSSES = ("elbo", "renyi")
+MOVE_TOL = 0.05     # the stopping rule's largest movement of an estimate per block, in posterior sds
+
+
+def movement(before, after) -> float | None:
+    """How far the guide's estimates moved between two block averages: the 99th percentile over
+    latent values of the larger of |change of median| / half-width and |relative change of the
+    half-width| (quantiles 16/50/84%, as ``guide_quantiles`` gives them)."""
+    if before is None or after is None or before.shape != after.shape:
+        return None
+    width0 = 0.5 * np.abs(before[2] - before[0])     # a deterministic site may decrease in its latent
+    width1 = 0.5 * np.abs(after[2] - after[0])
+    tiny = 1e-12 + 1e-9 * np.abs(after[1])
+    shift = np.abs(after[1] - before[1]) / np.maximum(width1, tiny)
+    spread = np.abs(width1 - width0) / np.maximum(width0, tiny)
+    worst = np.maximum(shift, spread)
+    worst = worst[np.isfinite(worst)]
+    return float(np.quantile(worst, 0.99)) if worst.size else None
 
 
 def make_elbo(config: Any):
@@ -141,13 +163,25 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
         svi = traced_svi(kw)
 
         def body(c):
-            i, st, losses, _ = c
+            i, st, losses, _, acc = c
             st, loss = svi.update(st, **kw)
-            return i + 1, st, losses.at[i].set(loss), jnp.isfinite(loss)
+            acc = jax.tree_util.tree_map(jnp.add, acc, svi.optim.get_params(st.optim_state))
+            return i + 1, st, losses.at[i].set(loss), jnp.isfinite(loss), acc
 
-        carry = (jnp.int32(0), state, jnp.full((size,), jnp.nan), jnp.bool_(True))
-        i, state, losses, _ = lax.while_loop(lambda c: (c[0] < n) & c[3], body, carry)
-        return state, losses, i
+        acc = jax.tree_util.tree_map(jnp.zeros_like, svi.optim.get_params(state.optim_state))
+        carry = (jnp.int32(0), state, jnp.full((size,), jnp.nan), jnp.bool_(True), acc)
+        i, state, losses, _, acc = lax.while_loop(lambda c: (c[0] < n) & c[3], body, carry)
+        return state, losses, i, acc      # acc: the piece's summed (unconstrained) parameters
+
+    def guide_quantiles(acc, dyn_):
+        """The guide's 16/50/84% quantiles of every latent value at the parameters ``acc``
+        (a block's average), flattened: (3, D)."""
+        svi = traced_svi(rebuild(dyn_))
+        try:
+            q = svi.guide.quantiles(svi.constrain_fn(acc), [0.16, 0.5, 0.84])
+        except NotImplementedError:   # a point estimate (AutoDelta): no width to move by
+            return jnp.zeros((3, 0))
+        return jnp.concatenate([jnp.reshape(v, (3, -1)) for v in q.values()], axis=1)
 
     t0 = time.perf_counter()
     key = jax.random.PRNGKey(int(config.seed))
@@ -159,6 +193,9 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     history: list[np.ndarray] = []
     done, calm, prev, rel, mean = 0, 0, None, None, float("nan")
     stop, finished = "max_steps", False
+    # the guide's estimates, block by block, for the stopping rule (a point estimate has no width)
+    watch = getattr(config, "guide", None) != "delta" and options.get("stop", "movement") != "loss"
+    quantiles, block_sum, prev_summary, moved, worst_move = None, None, None, None, None
     saved = checkpoint.load_svi() if checkpoint is not None else None
     if saved is not None:
         state = checkpoint.restore(saved, state)
@@ -168,13 +205,23 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
         calm, prev, rel = int(loop.get("calm", 0)), loop.get("prev"), loop.get("rel")
         mean = float(loop["mean"]) if loop.get("mean") is not None else float("nan")
         stop, finished = loop.get("stop", stop), bool(loop.get("finished", False))
+        moved, worst_move = loop.get("moved"), loop.get("worst_move")
+        if loop.get("prev_summary") is not None:
+            prev_summary = np.asarray(loop["prev_summary"], np.float64)
+        if loop.get("block_sum") is not None:   # resumed inside a block: its pieces so far
+            like = jax.eval_shape(lambda st, d: block(st, d, np.int32(1))[3], state, dyn)
+            block_sum = jax.tree_util.tree_unflatten(
+                jax.tree_util.tree_structure(like),
+                [jnp.asarray(np.asarray(x), l.dtype) for x, l in zip(loop["block_sum"], jax.tree_util.tree_leaves(like))])
     first = done   # the step this run starts from (a resumed fit starts where it stopped)
     step_block = compile_once(block, state, dyn, np.int32(size))
     compile_s = time.perf_counter() - t0
 
     def loop_state(**kw):
+        partial = None if block_sum is None else [np.asarray(x) for x in jax.tree_util.tree_leaves(block_sum)]
         return {"block": size, "calm": calm, "prev": prev, "rel": rel, "mean": mean, "stop": stop,
-                "finished": False, **kw}
+                "finished": False, "prev_summary": prev_summary, "block_sum": partial,
+                "moved": moved, "worst_move": worst_move, **kw}
 
     t1 = time.perf_counter()
     piece = checkpoint.piece(size) if checkpoint is not None else size
@@ -187,8 +234,9 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
         while done < block_end:
             n = min(piece, block_end - done)
             dyn = dyn if stream is None else stream.advance(dyn, rebuild, done // size)
-            start, (state, losses, ran) = state, step_block(state, dyn, np.int32(n))
+            start, (state, losses, ran, acc) = state, step_block(state, dyn, np.int32(n))
             losses = np.asarray(losses, np.float64)[: int(ran)]
+            block_sum = acc if block_sum is None else jax.tree_util.tree_map(jnp.add, block_sum, acc)
             history.append(losses)
             block_parts.append(losses)
             if not np.isfinite(losses[-1]):
@@ -212,13 +260,23 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
         mean = float(losses.mean())
         if progress is not None:
             progress(done, steps, mean)
+        summary = None
+        if tol > 0 and watch and n == size and block_sum is not None:
+            avg = jax.tree_util.tree_map(lambda a: a / n, block_sum)
+            if quantiles is None:
+                quantiles = compile_once(guide_quantiles, avg, dyn)
+            summary = np.asarray(quantiles(avg, dyn), np.float64)
+        block_sum = None
         if tol > 0 and prev is not None and n == size:
             rel = abs(mean - prev) / max(abs(prev), 1.0)
-            calm = calm + 1 if rel < tol else 0
+            moved = movement(prev_summary, summary)
+            worst_move = moved if worst_move is None or moved is None else max(worst_move, moved)
+            still = moved is not None and moved > MOVE_TOL
+            calm = calm + 1 if rel < tol and not still else 0
             if calm >= 2:
                 stop = "converged"
                 break
-        prev = mean
+        prev, prev_summary = mean, summary
         if done < steps and checkpoint is not None and checkpoint.due(done):
             checkpoint.save_svi(state, done, np.concatenate(history), loop_state())
     if checkpoint is not None and not finished:
@@ -230,6 +288,7 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     info = {
         "steps": steps, "steps_run": done, "converged": stop == "converged", "stop_reason": stop,
         "tolerance": tol, "rel_change": rel, "block": size, "final_loss": mean,
+        "movement": moved, "movement_tol": MOVE_TOL if watch else None,
         "optimizer": str(config.optimizer_fn),
         "steps_per_s": (done - first) / fit_s if fit_s > 0 and done > first else None,
     }
