@@ -39,6 +39,7 @@ parameter's as on a unit scale (``student_t(3, 0, 2.5)``). A parameter on anothe
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Callable, Union
@@ -460,16 +461,20 @@ class _Expressions:
         done = [self.visit(a) for a in args]
         if any(v is None for _, v in done):
             return Op(op, tuple(self.leaf(n, v) for n, v in done)), None
+        values = [np.asarray(v, np.float64) for _, v in done]   # a number and a column broadcast
         with np.errstate(all="ignore"):
-            value = NP_OPS[op](*(v for _, v in done))
-        nan = np.isnan(value) & ~np.any([np.isnan(v) for _, v in done], axis=0)
+            value = NP_OPS[op](*values)
+        nan = np.isnan(value) & ~functools.reduce(np.logical_or, [np.isnan(v) for v in values])
         if np.any(nan):
             count = int(np.count_nonzero(nan))
-            raise HbmError(f"'{e}' is undefined (not a number) in {count:,} row{'s' * (count != 1)}",
+            where = f" in {count:,} row{'s' * (count != 1)}" if np.ndim(nan) else ""
+            domain = op not in ("+", "-", "*", "/", "^", "neg")
+            raise HbmError(f"'{e}' is undefined (not a number){where}",
                            span=e.span, source=self.src, where="formula",
-                           hint=f"the argument of {op}() is outside its domain there; filter those rows"
-                           if op in NP_OPS and op not in "+-*/^" else "filter those rows")
-        return Op(op, tuple(n for n, _ in done)), value
+                           hint=(f"the argument of {op}() is outside its domain" if domain else "")
+                           + ("; filter those rows" if domain and where else "filter those rows" if where
+                              else "" if domain else "rewrite it"))
+        return Op(op, tuple(n for n, _ in done)), value[()] if np.ndim(value) == 0 else value
 
     def leaf(self, node, value):
         if value is None:
