@@ -10,9 +10,9 @@ The stages are the linear ones, reused rather than copied:
   declared under ``params:`` or a column. Each parameter's formula is resolved by
   :func:`hbm.resolve.resolve` as the linear formula ``p ~ <its formula>``, then its
   names are prefixed (SPEC section 2): ``Intercept`` -> ``p``, ``x`` -> ``p:x``,
-  ``sd(1 | g)`` -> ``sd(p | g)``, group values ``p[g=level]``. These names are the
-  model's site names too. The response, family and link come from resolving
-  ``<left side> ~ 1``. The expression becomes an :data:`Expr` tree in which every
+  ``sd(1 | g)`` -> ``sd(p | g)``, group values ``p[g=level]`` (``log(p)``, ``log(p):x``,
+  ... where a bound is a link, below). These names are the model's site names too. The
+  response, family and link come from resolving ``<left side> ~ 1``. The expression becomes an :data:`Expr` tree in which every
   parameter-free part (``log(dose)``) is one data leaf, computed once.
 * limits: a data leaf may be infinite (``log(dose)`` where dose = 0: the controls of an
   assay). For each pattern of infinite leaves the compiler derives the expression's
@@ -27,18 +27,27 @@ The stages are the linear ones, reused rather than copied:
   :func:`hbm.lower.make_model` (``mode="eta"``), its bound's transform, the expression,
   the family's log density.
 
-Bounds act as a link on the parameter: ``positive`` is ``p = exp(eta)``, ``unit`` is
-``p = inv_logit(eta)``. A bounded parameter's coefficients, and the priors given for them,
-are therefore on the log (logit) scale: with ``hill: 1`` and ``bounds: {hill: positive}``
-the output ``hill`` is log(hill), as ``log(units) ~ x`` reports x on the log scale.
+Bounds. A bounded parameter of formula ``1`` (``hill: 1``, ``bounds: {hill: positive}``) is
+sampled itself, on its own scale, and its prior is on it (a normal prior on a positive parameter
+is its half-normal; default ``lognormal(0, 2.5)``, or ``beta(1, 1)`` for ``unit``). A bounded
+parameter with a richer formula is ``exp`` (``inv_logit``) of its linear predictor; as in brms,
+whose non-linear parameters' priors are on their linear predictors' coefficients, the coefficients
+and their priors are on the log (logit) scale, and their names say so: ``log(p)``, ``log(p):x``,
+``sd(log(p) | g)``, ``log(p)[g=level]``. The outputs add ``p`` = exp(``log(p)``) and the groups'
+``p[g=level]`` on p's own scale (:func:`_natural`).
+
+Priors (:func:`_route_priors`): by the names above; a parameter's linear-predictor name that is
+no coefficient's (``b`` for ``b: 0 + factor(f)``) applies to each of its population coefficients,
+as brms's ``nlpar`` priors do, and a level's key (``b:factor(f)[u]``) overrides it.
 
 Default priors: a real parameter's are scaled like a linear model's on the response
-(intercept ``student_t(3, 0, 2.5 sd(y))``, group sds ``half_normal(2.5 sd(y))``); a bounded
+(intercept ``student_t(3, 0, 2.5 sd(y))``, group sds ``half_normal(2.5 sd(y))``); a linked
 parameter's as on a unit scale (``student_t(3, 0, 2.5)``). A parameter on another scale
 (``log_ic50`` lives on the log-dose scale) deserves a prior of its own.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Callable, Union
@@ -55,6 +64,7 @@ from .encode import Encoding, encode, population_columns
 from .errors import HbmError, Problem, ProblemList, closest, did_you_mean
 from .families import FAMILIES
 from .lower import make_model, sample_param
+from .priors import Fixed, PerLevel, Prior, check_fixed, domain, to_distribution
 from .parse import parse_formula, parse_nonlinear
 from .resolve import _LinkScale, apply_priors, resolve
 from .table import TableInfo
@@ -64,6 +74,10 @@ BOUNDS: dict[str, Callable] = {"real": lambda eta: eta, "positive": jnp.exp, "un
 # this many rows on average (see centring()).
 CENTRE_ROWS = 50
 _BOUND_TEXT = {"positive": "exp", "unit": "inv_logit"}
+_LINK = {"positive": "log", "unit": "logit"}            # the name a linked parameter's predictor takes
+_NP_BOUNDS = {"positive": np.exp, "unit": lambda x: 0.5 * (1.0 + np.tanh(0.5 * x))}
+# a bounded parameter of formula `1` is sampled itself; its default prior, on its own scale
+DIRECT_PRIORS = {"positive": Prior("lognormal", (0.0, 2.5)), "unit": Prior("beta", (1.0, 1.0))}
 
 
 # ---------------------------------------------------------------------- the expression IR
@@ -188,10 +202,24 @@ class Limit:
 
 @dataclass(frozen=True, slots=True)
 class NonlinearParam:
+    """A parameter of the expression. Real: its linear predictor, names prefixed ``p``. Bounded with
+    formula ``1`` (:attr:`direct`): sampled itself, its prior on it. Bounded otherwise: ``exp`` /
+    ``inv_logit`` of its linear predictor, whose names are prefixed ``log(p)`` / ``logit(p)``."""
+
     name: str
     formula: str           # its linear formula as written
     bound: str             # real | positive | unit
-    model: ir.ModelIR      # the resolved formula, names prefixed, no family parameters
+    model: ir.ModelIR      # the resolved formula, names prefixed (linear_name), no family parameters
+
+    @property
+    def direct(self) -> bool:
+        """A bounded parameter of formula ``1``: one number, sampled on its own scale."""
+        return self.bound != "real" and _intercept_only(self.model)
+
+    @property
+    def linear_name(self) -> str:
+        """The name of its linear predictor: ``p``, or ``log(p)`` / ``logit(p)`` where the bound is a link."""
+        return _linear_name(self.name, self.bound, self.model)
 
     @property
     def per_row(self) -> bool:
@@ -248,13 +276,14 @@ class NonlinearIR:
                + ("  [inferred from the data]" if self.family.inferred else ""),
                f"effects   {'non-centred' if self.noncentered else 'centred'}",
                f"expression  (the {self.family.link} link of the mean of {r.column}; as computed)"]
-        bounds = {p.name: p.bound for p in self.params}
+        params = {p.name: p for p in self.params}
         limited = {t: (v, lim.rows) for lim in self.limits for t, v in lim.infinite}
 
         def note(e) -> str:
             if isinstance(e, Param):
-                b = bounds[e.name]
-                return "parameter" + (f", {b}: {_BOUND_TEXT[b]} of its linear predictor" if b != "real" else "")
+                p = params[e.name]
+                return "parameter" + ("" if p.bound == "real" else f", {p.bound}" if p.direct
+                                      else f", {p.bound}: {_BOUND_TEXT[p.bound]} of its linear predictor")
             if isinstance(e, Data):
                 inf = limited.get(e.text)
                 return "data" + (f", {'-inf' if inf[0] < 0 else 'inf'} in some rows (limits below)" if inf else "")
@@ -263,17 +292,51 @@ class NonlinearIR:
         for lim in self.limits:
             out.append(f"limit     where {lim.key} ({lim.rows:,} rows): {lim.expr}")
         for p in self.params:
-            bound = "" if p.bound == "real" else \
-                f"   [{p.bound}: {p.name} = {_BOUND_TEXT[p.bound]}(linear predictor); coefficients on the " \
-                f"{'log' if p.bound == 'positive' else 'logit'} scale]"
             centred = "   [centred: data-rich levels]" if self.noncentered and not p.model.noncentered else ""
-            out.append(f"parameter {p.name} ~ {p.formula}{bound}{centred}")
+            out.append(f"parameter {p.name} ~ {p.formula}{_scale_note(p)}{centred}")
             out += ["  " + line for line in p.model.pretty(header=False).splitlines()]
+            shown = [f"{nat} = {_BOUND_TEXT[p.bound]}({link})" for nat, link in _natural_names(p)]
+            if shown:
+                out.append(f"  reported on {p.name}'s scale too: " + "; ".join(shown))
         if self.family.params:
             out.append("family parameters")
             for fp in self.family.params:
                 out.append(f"  {fp.name:<32} {ir._dist(fp.prior)}")
         return "\n".join(out)
+
+
+def _scale_note(p: NonlinearParam) -> str:
+    """Which scale a parameter's priors are on, for ``hbm check``."""
+    if p.bound == "real":
+        return ""
+    if not p.direct:
+        return (f"   [{p.bound}: {p.name} = {_BOUND_TEXT[p.bound]}(its linear predictor); coefficients and "
+                f"their priors on the {_LINK[p.bound]} scale, named {p.linear_name}...]")
+    prior = p.model.population[0].prior
+    note = f"   [{p.bound}: the prior is on {p.name} itself"
+    if isinstance(prior, Prior) and p.bound == "positive" and domain(prior) == "real" and prior.family != "uniform":
+        note += f": {prior} means {_positive_text(prior)}"
+    return note + "]"
+
+
+def _positive_text(prior: Prior) -> str:
+    """What a real-line prior means on a positive parameter (hbm.priors.to_distribution)."""
+    a = prior.args
+    loc = a[1] if prior.family == "student_t" else a[0]
+    if loc != 0:
+        return f"{prior} truncated to (0, inf)"
+    if prior.family == "student_t":
+        return str(Prior("half_student_t", (a[0], a[2])))
+    return str(Prior(f"half_{prior.family}", (a[1],)))
+
+
+def _intercept_only(m: ir.ModelIR) -> bool:
+    return (len(m.population) == 1 and len(m.population[0].columns) == 1
+            and m.population[0].columns[0].is_intercept and not (m.groups or m.chains or m.offsets))
+
+
+def _linear_name(name: str, bound: str, m: ir.ModelIR) -> str:
+    return name if bound == "real" or _intercept_only(m) else f"{_LINK[bound]}({name})"
 
 
 def _tree(e: Expr, note: Callable) -> list[str]:
@@ -356,28 +419,110 @@ def resolve_nonlinear(formula: N.NonlinearFormula, info: TableInfo, *, params: t
         except HbmError as e:
             problems.extend(_where(e, f"params: {name}"))
             continue
-        subs.append(NonlinearParam(name, text, bound[name], centring(_prefixed(m, name), info.n)))
+        m = _prefixed(m, _linear_name(name, bound[name], m))
+        if bound[name] != "real" and _intercept_only(m):
+            m = replace(m, population=(replace(m.population[0], prior=DIRECT_PRIORS[bound[name]]),))
+        subs.append(NonlinearParam(name, text, bound[name], centring(m, info.n)))
     problems.raise_if_any()
 
-    # priors: by the public names, each routed to its parameter's formula (or the family)
-    known = [n for p in subs for n in p.model.parameter_names()] + fam_names
-    for orig, _ in priors:
-        if _norm(orig) not in {_norm(n) for n in known}:
-            best = closest(orig, known)
-            problems.add(f"prior for '{orig}', which is not a parameter of this model", where=f"priors: {orig}",
-                         hint=(f"did you mean '{best}'? " if best else "") + "parameters: " + ", ".join(known))
-    problems.raise_if_any()
-
-    def mine(names) -> tuple:
-        keys = {_norm(n) for n in names}
-        return tuple((k, v) for k, v in priors if _norm(k) in keys)
-    subs = [replace(p, model=apply_priors(p.model, mine(p.model.parameter_names()))) for p in subs]
-    head = apply_priors(head, mine(fam_names))
+    subs, fam_priors = _route_priors(subs, fam_names, priors)
+    head = apply_priors(head, fam_priors)
 
     expr, leaves = _Expressions(formula, info, src, bound).build()
     expr = stable(expr)
     limits = _limits(expr, leaves, bound, formula, src)
     return NonlinearIR(str(formula), head.response, head.family, expr, tuple(subs), limits, noncentered)
+
+
+def _route_priors(subs: list[NonlinearParam], fam_names: list[str], priors: tuple):
+    """Each prior of the spec to its parameter (names match ignoring spaces): (the parameters with
+    their priors applied, the family's priors).
+
+    Keys: a parameter's own names (``p``, ``p:x``, ``sd(p | g)``; ``log(p)``... for a linked one); a
+    factor's level (``p:factor(f)[u]``); a parameter's linear-predictor name that names no coefficient
+    (``p`` for ``p: 0 + factor(f)``), which applies to each of its population coefficients, as brms's
+    ``nlpar`` priors do. A more specific key wins. A linked parameter's own name is refused: its
+    coefficients are on the link scale, and their names say so."""
+    problems = ProblemList()
+    exact: dict[str, tuple[int | None, str]] = {_norm(n): (None, n) for n in fam_names}
+    levels: dict[str, tuple[int, str, str]] = {}
+    umbrella: dict[str, int] = {}
+    natural: dict[str, int] = {}
+    for i, p in enumerate(subs):
+        exact.update({_norm(n): (i, n) for n in p.model.parameter_names()})
+        levels.update({_norm(f"{t.name}[{lev}]"): (i, t.name, lev) for t in p.model.population for lev in t.levels})
+    for i, p in enumerate(subs):
+        if _norm(p.linear_name) not in exact:
+            umbrella[_norm(p.linear_name)] = i
+        if p.linear_name != p.name:
+            natural[_norm(p.name)] = i
+    known = list(dict.fromkeys([n for p in subs for n in p.model.parameter_names()]
+                               + [subs[i].linear_name for i in umbrella.values()] + fam_names))
+    own: list[dict] = [{} for _ in subs]          # parameter -> name -> (key, prior)
+    family: dict[str, object] = {}
+    wide: list[tuple | None] = [None] * len(subs)  # parameter -> (key, prior) for each coefficient
+    by_level: list[dict] = [{} for _ in subs]     # parameter -> term -> level -> (key, prior)
+    for key, prior in priors:
+        k = _norm(key)
+        if k in exact:
+            i, name = exact[k]
+            if i is None:
+                family[name] = prior
+            else:
+                own[i][name] = (key, prior)
+        elif k in levels:
+            i, term, lev = levels[k]
+            if isinstance(prior, Fixed):
+                problems.add(f"a single level of '{term}' cannot be fixed ('{key}')", where=f"priors: {key}",
+                             hint=f"give it a prior, or fix every level with '{term}: {prior}'")
+            by_level[i].setdefault(term, {})[lev] = (key, prior)
+        elif k in umbrella:
+            wide[umbrella[k]] = (key, prior)
+        elif k in natural:
+            p = subs[natural[k]]
+            names = p.model.parameter_names()
+            problems.add(f"prior for '{key}': {p.name} = {_BOUND_TEXT[p.bound]}(its linear predictor), so its "
+                         f"coefficients and their priors are on the {_LINK[p.bound]} scale",
+                         where=f"priors: {key}",
+                         hint="give them as " + ", ".join(names)
+                         + (f" ('{p.linear_name}' applies to each coefficient)"
+                            if _norm(p.linear_name) in umbrella else ""))
+        else:
+            best = closest(key, known + [f"{t}[{lv}]" for _, t, lv in levels.values()])
+            problems.add(f"prior for '{key}', which is not a parameter of this model", where=f"priors: {key}",
+                         hint=(f"did you mean '{best}'? " if best else "") + "parameters: " + ", ".join(known))
+    problems.raise_if_any()
+
+    out = []
+    for i, p in enumerate(subs):
+        given = {name: pr for name, (_, pr) in own[i].items()}
+        for t in p.model.population:
+            base = own[i][t.name][1] if t.name in own[i] else wide[i][1] if wide[i] else None
+            lev = by_level[i].get(t.name)
+            if lev:
+                base = t.prior if base is None else base
+                if isinstance(base, Fixed):
+                    problems.add(f"'{t.name}' is fixed to {base}, so its levels cannot have priors",
+                                 where=f"priors: {next(iter(lev.values()))[0]}",
+                                 hint=f"give '{t.name}' a prior instead of a number")
+                    continue
+                parts = tuple(lev[lv][1] if lv in lev else base for lv in t.levels)
+                base = parts[0] if len(set(parts)) == 1 else PerLevel(parts, t.levels)
+            if base is not None:
+                given[t.name] = base
+        if p.direct:
+            t = p.model.population[0]
+            prior = given.pop(t.name, t.prior)
+            if isinstance(prior, Fixed):
+                check_fixed(prior, p.bound, where=f"priors: {t.name}")
+            else:
+                to_distribution(prior, p.bound, where=f"priors: {t.name}")
+            model = replace(p.model, population=(replace(t, prior=prior),))
+        else:
+            model = apply_priors(p.model, tuple(given.items()))
+        out.append(replace(p, model=model))
+    problems.raise_if_any()
+    return out, tuple(family.items())
 
 
 def centring(m: ir.ModelIR, n_rows: int) -> ir.ModelIR:
@@ -460,16 +605,20 @@ class _Expressions:
         done = [self.visit(a) for a in args]
         if any(v is None for _, v in done):
             return Op(op, tuple(self.leaf(n, v) for n, v in done)), None
+        values = [np.asarray(v, np.float64) for _, v in done]   # a number and a column broadcast
         with np.errstate(all="ignore"):
-            value = NP_OPS[op](*(v for _, v in done))
-        nan = np.isnan(value) & ~np.any([np.isnan(v) for _, v in done], axis=0)
+            value = NP_OPS[op](*values)
+        nan = np.isnan(value) & ~functools.reduce(np.logical_or, [np.isnan(v) for v in values])
         if np.any(nan):
             count = int(np.count_nonzero(nan))
-            raise HbmError(f"'{e}' is undefined (not a number) in {count:,} row{'s' * (count != 1)}",
+            where = f" in {count:,} row{'s' * (count != 1)}" if np.ndim(nan) else ""
+            domain = op not in ("+", "-", "*", "/", "^", "neg")
+            raise HbmError(f"'{e}' is undefined (not a number){where}",
                            span=e.span, source=self.src, where="formula",
-                           hint=f"the argument of {op}() is outside its domain there; filter those rows"
-                           if op in NP_OPS and op not in "+-*/^" else "filter those rows")
-        return Op(op, tuple(n for n, _ in done)), value
+                           hint=(f"the argument of {op}() is outside its domain" if domain else "")
+                           + ("; filter those rows" if domain and where else "filter those rows" if where
+                              else "" if domain else "rewrite it"))
+        return Op(op, tuple(n for n, _ in done)), value[()] if np.ndim(value) == 0 else value
 
     def leaf(self, node, value):
         if value is None:
@@ -681,13 +830,17 @@ def make_nonlinear_model(model: NonlinearIR, mesh=None) -> Callable:
     plus ``mode="params"``, which returns each parameter's per-row values (curves, predictions).
 
     With several devices the rows are sharded and XLA partitions the sums (no ``shard_map``)."""
-    subs = {p.name: make_model(p.model) for p in model.params}
+    subs = {p.name: make_model(p.model) for p in model.params if not p.direct}
     family = FAMILIES[model.family.name]
     one = np.zeros(1, np.float32)
 
     def model_fn(rows, consts, mode="fit", scale=None):
         values = {}
         for p in model.params:
+            if p.direct:   # the parameter itself, on its own scale
+                t = p.model.population[0]
+                values[p.name] = jnp.reshape(sample_param(t.name, t.prior, p.bound), (1,))
+                continue
             sub_rows = dict(rows["params"][p.name], y=rows["y"] if p.per_row else one)
             eta = subs[p.name](sub_rows, consts["params"][p.name], mode="latent" if mode == "latent" else "eta")
             if eta is not None:
@@ -733,10 +886,60 @@ def build_nonlinear_outputs(model: NonlinearIR, sites: dict, enc: Encoding):
     vars_, coords = [], {}
     for p in model.params:
         o = build_outputs(p.model, sites, enc)
-        vars_ += o.vars
         coords.update(o.coords)
+        if p.linear_name != p.name:
+            for v, dim in _natural(p, o.vars):
+                if dim:
+                    coords[v.base] = coords[dim]
+                vars_.append(v)
+        vars_ += o.vars
     vars_ += [OutputVar(fp.name, (), sites[fp.name]) for fp in model.family.params]
     return Outputs(tuple(vars_), coords, frozenset(p.name for p in model.plates))
+
+
+def _natural_names(p: NonlinearParam) -> list[tuple[str, str]]:
+    """(name on p's scale, link-scale name) of what :func:`_natural` reports, for ``hbm check``."""
+    if p.linear_name == p.name:
+        return []
+    lp, m = p.linear_name, p.model
+    out = []
+    if any(c.is_intercept for t in m.population for c in t.columns):
+        out.append((p.name, lp))
+    factor = _first_factor(m)
+    if factor:
+        out.append((f"{p.name}{factor[len(lp):]}[level]", f"{factor}[level]"))
+    plates = [pl for c in m.chains if c.term == lp for pl in c.plates]
+    plates += [b.plate for b in m.groups if any(c.name == lp for c in b.columns)]
+    out += [(f"{p.name}[{pl}=level]", f"{lp}[{pl}=level]") for pl in dict.fromkeys(plates)]
+    return out
+
+
+def _first_factor(m: ir.ModelIR) -> str | None:
+    """In a formula without intercept, its first factor's term (fully coded: each level's value)."""
+    if any(c.is_intercept for t in m.population for c in t.columns):
+        return None
+    return next((t.name for t in m.population if t.is_vector
+                 and all(len(c.parts) == 1 and isinstance(c.parts[0], ir.Level) for c in t.columns)), None)
+
+
+def _natural(p: NonlinearParam, link_vars):
+    """A linked parameter's values on its own scale, from its link-scale outputs: ``p`` = exp(``log(p)``)
+    (its value where the other terms and the group deviations are 0), each group's ``p[g=level]``, and in
+    a formula without intercept the levels of its (fully coded) first factor, ``p:factor(f)[u]``. Slopes
+    have no value on p's scale and are reported on the link scale only. Yields (var, its dim to copy
+    coordinates from, or None)."""
+    from .results import OutputVar
+    lp, factor = p.linear_name, _first_factor(p.model)
+
+    def value(v):
+        a = np.asarray(v.values)
+        return _NP_BOUNDS[p.bound](a.astype(np.float64)).astype(a.dtype)
+    for v in link_vars:
+        if v.base == lp:
+            yield OutputVar(p.name, v.dims, value(v)), None
+        elif v.base == factor and v.dims == (factor,):
+            name = p.name + factor[len(lp):]
+            yield OutputVar(name, (name,), value(v)), factor
 
 
 # ---------------------------------------------------------------------- compile

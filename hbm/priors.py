@@ -86,6 +86,17 @@ class Fixed:
         return _fmt(self.value)
 
 
+@dataclass(frozen=True, slots=True)
+class PerLevel:
+    """Priors of a factor's coefficients, one per level (the spec gave some levels their own)."""
+
+    priors: tuple[Prior, ...]
+    levels: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return ", ".join(f"[{lev}] {p}" for lev, p in zip(self.levels, self.priors))
+
+
 # ---------------------------------------------------------------- parsing
 def _err(msg: str, where: str, hint: str | None = None) -> HbmError:
     return HbmError(msg, where=where, hint=hint)
@@ -190,6 +201,9 @@ def to_distribution(prior: Prior, support: str, dim: int | None = None, *, where
     "unit" (probabilities) or "corr_cholesky" (Cholesky factor of a ``dim`` x ``dim``
     correlation matrix). Raises HbmError when the prior does not fit the support.
     """
+    if isinstance(prior, PerLevel):
+        return _Stacked(tuple(to_distribution(p, support, dim, where=f"{where}[{lev}]")
+                              for p, lev in zip(prior.priors, prior.levels)))
     if not isinstance(prior, Prior):
         raise TypeError(f"to_distribution needs a Prior, got {prior!r} (a fixed value has no distribution)")
     if support not in SUPPORTS:
@@ -221,6 +235,27 @@ def to_distribution(prior: Prior, support: str, dim: int | None = None, *, where
         "beta": lambda: dist.Beta(a[0], a[1]),
         "uniform": lambda: dist.Uniform(a[0], a[1]),
     }[fam]()
+
+
+class _Stacked(dist.Distribution):
+    """Independent scalar distributions side by side: batch shape (k,), element i from ``parts[i]``."""
+
+    pytree_data_fields = ("parts",)
+
+    def __init__(self, parts: tuple, *, validate_args=None):
+        self.parts = parts
+        super().__init__(batch_shape=(len(parts),), validate_args=validate_args)
+
+    @property
+    def support(self):
+        return self.parts[0].support
+
+    def sample(self, key, sample_shape=()):
+        keys = jax.random.split(key, len(self.parts))
+        return jnp.stack([p.sample(k, sample_shape) for p, k in zip(self.parts, keys)], -1)
+
+    def log_prob(self, value):
+        return jnp.stack([p.log_prob(value[..., i]) for i, p in enumerate(self.parts)], -1)
 
 
 def _positive_part(fam: str, a: tuple[float, ...]):

@@ -75,6 +75,24 @@ def test_check_reports_inferred_family(workdir):
     assert "poisson" in r.stdout and "inferred" in r.stdout
 
 
+def test_check_nonlinear_numbers_bounds_and_prior_scales(workdir):
+    spec = workdir / "nonlinear.yaml"
+    spec.write_text("formula: y ~ a + b * (x - 0.5) + c * exp(-0.5 * x)\n"
+                    "params: {a: '1', b: 1 + (1 | g), c: '1'}\nbounds: {b: positive, c: positive}\n"
+                    "family: normal\npriors: {c: 'normal(0, 1)', sd(log(b) | g): 'half_normal(0.5)'}\n")
+    r = hbm("check", spec, workdir / "data.csv")
+    assert r.returncode == 0, r.stderr
+    for text in ["x - 0.5", "parameter c ~ 1   [positive: the prior is on c itself: normal(0, 1) means "
+                 "half_normal(1)]", "[positive: b = exp(its linear predictor); coefficients and their priors "
+                 "on the log scale", "sd(log(b) | g)                 ~ half_normal(0.5)",
+                 "reported on b's scale too: b = exp(log(b)); b[g=level] = exp(log(b)[g=level])"]:
+        assert text in r.stdout, text
+    spec.write_text(spec.read_text().replace("c: 'normal(0, 1)'", "b: 'normal(0, 1)'"))
+    r = hbm("check", spec, workdir / "data.csv")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "prior for 'b': b = exp(its linear predictor)" in r.stderr and "log(b)" in r.stderr
+
+
 def test_simulate_writes_data_from_the_spec(workdir):
     out = workdir / "sim.parquet"
     r = hbm("simulate", ROOT / "specs" / "price_elasticity.yaml", "--rows", 2000, "--out", out)

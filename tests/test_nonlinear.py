@@ -5,8 +5,9 @@ The hierarchical four-parameter logistic (4PL) dose-response model is the runnin
     response ~ bottom + (top - bottom) / (1 + exp(hill * (log(dose) - log_ic50)))
 
 with ``bottom``/``top`` varying by plate, ``log_ic50`` a chain compound -> target -> population,
-and ``hill`` positive. Its compiled log density is held to a hand-written NumPyro 4PL with the
-same hierarchy and site names, at random parameter values (centred and non-centred), and the
+and ``hill`` positive (sampled itself, with a lognormal prior). Its compiled log density is held
+to a hand-written NumPyro 4PL with the same hierarchy and site names, at random parameter values
+(centred and non-centred), and the
 controls at dose 0 must give finite values and gradients equal to the top asymptote's.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ PARAMS = {"bottom": "1 + (1 | plate)", "top": "1 + (1 | plate)", "log_ic50": "1 
 PRIORS = {
     "bottom": "normal(0, 20)", "top": "normal(100, 20)", "sd(bottom | plate)": "half_normal(5)",
     "sd(top | plate)": "half_normal(5)", "log_ic50": "normal(0, 3)", "sd(log_ic50 | target)": "half_normal(2)",
-    "sd(log_ic50 | compound)": "half_normal(2)", "hill": "normal(0, 0.5)", "sigma": "exponential(0.2)",
+    "sd(log_ic50 | compound)": "half_normal(2)", "hill": "lognormal(0, 0.5)", "sigma": "exponential(0.2)",
 }
 DOSES = np.array([0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
 
@@ -177,10 +178,11 @@ def test_names_follow_the_spec():
     model = compile_(spec, df)
     names = model.ir.parameter_names()
     assert names[:4] == ("p", "p:x", "sd(p | plate)", "sd(p:x | plate)")
-    assert "cor(p, p:x | plate)" in names and "q:factor(f)" in names and "sd(q | compound)" in names
+    # q is positive with a richer formula than 1: exp of its linear predictor, named log(q)
+    assert "cor(p, p:x | plate)" in names and "log(q):factor(f)" in names and "sd(log(q) | compound)" in names
     assert names[-1] == "sigma"
     sites = handlers.trace(handlers.seed(model.numpyro_model, 0)).get_trace(**model.data)
-    assert {"p", "p:x", "r(p + p:x | plate)", "q:factor(f)", "r(q | compound)", "sigma"} <= set(sites) | {
+    assert {"p", "p:x", "r(p + p:x | plate)", "log(q):factor(f)", "r(log(q) | compound)", "sigma"} <= set(sites) | {
         s.removesuffix("_decentered") for s in sites}
     from hbm.outputs import build_outputs
     values = {k: np.asarray(v["value"])[None, None] for k, v in sites.items()
@@ -188,8 +190,8 @@ def test_names_follow_the_spec():
     out = build_outputs(model.ir, values, model.encoding)
     from hbm.results import element_names
     elements = [n for v in out.vars for n in element_names(v, out.coords, out.plate_dims)]
-    assert {"p", "p:x", "sd(p | plate)", "p[plate=p0]", "p:x[plate=p3]", "q:factor(f)[u]",
-            "q[compound=c07]", "sigma"} <= set(elements)
+    assert {"p", "p:x", "sd(p | plate)", "p[plate=p0]", "p:x[plate=p3]", "log(q):factor(f)[u]",
+            "q:factor(f)[u]", "log(q)[compound=c07]", "sigma"} <= set(elements)
 
 
 def test_check_prints_the_expression_tree_and_the_parameters():
@@ -200,7 +202,7 @@ def test_check_prints_the_expression_tree_and_the_parameters():
                  "limit     where log(dose) = -inf (24 rows): bottom + (top - bottom)",
                  "parameter log_ic50 ~ 1 | compound/target",
                  "log_ic50: log_ic50 <- log_ic50[target] <- log_ic50[compound]",
-                 "sd(top | plate)", "parameter hill ~ 1   [positive: hill = exp(linear predictor)"]:
+                 "sd(top | plate)", "parameter hill ~ 1   [positive: the prior is on hill itself]"]:
         assert line in text, line
 
 
@@ -246,7 +248,7 @@ def test_prior_names_are_checked_with_a_suggestion():
 
 def test_a_limit_that_depends_on_an_unbounded_sign_is_an_error():
     with pytest.raises(HbmError) as e:
-        compile_(spec_of(bounds={}))
+        compile_(spec_of(bounds={}, priors=PRIORS | {"hill": "normal(0, 1)"}))   # hill real: a real prior
     p = e.value.problems[0]
     assert "log(dose) = -inf (24 rows) the formula has no limit" in p.message
     assert "depends on 'hill'" in p.message and "bounds" in p.hint
@@ -291,7 +293,7 @@ def hand_4pl(df=DF, noncentered=False):
         sd_comp = numpyro.sample("sd(log_ic50 | compound)", dist.HalfNormal(2.0))
         with numpyro.plate("compound", n_comp):
             lic_c = numpyro.sample("log_ic50[compound]", dist.Normal(lic_t[parent], sd_comp))
-        hill = jnp.exp(numpyro.sample("hill", dist.Normal(0.0, 0.5)))
+        hill = numpyro.sample("hill", dist.LogNormal(0.0, 0.5))   # a bounded parameter of formula 1: itself
         sigma = numpyro.sample("sigma", dist.Exponential(0.2))
         lo, hi = bottom + r_b[plate], top + r_t[plate]
         control = dose == 0
@@ -302,7 +304,7 @@ def hand_4pl(df=DF, noncentered=False):
 
     if not noncentered:
         return model
-    sites = ["bottom", "top", "log_ic50", "hill", "r(bottom | plate)", "r(top | plate)",
+    sites = ["bottom", "top", "log_ic50", "r(bottom | plate)", "r(top | plate)",
              "log_ic50[target]", "log_ic50[compound]"]
     return handlers.reparam(model, config={s: LocScaleReparam(0) for s in sites})
 
@@ -374,7 +376,7 @@ SIM_SPEC = spec_of(priors=PRIORS | {"sd(log_ic50 | target)": "half_normal(1)",
                 "dose": {"doses": [0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100],
                          "per": "compound", "count": [8, 10]}},
     "params": {"bottom": 2, "top": 100, "sd(bottom | plate)": 2, "sd(top | plate)": 3, "log_ic50": -1,
-               "sd(log_ic50 | target)": 0.8, "sd(log_ic50 | compound)": 0.8, "hill": 0.1, "sigma": 5}})
+               "sd(log_ic50 | target)": 0.8, "sd(log_ic50 | compound)": 0.8, "hill": 1.1, "sigma": 5}})
 
 
 def test_simulated_dose_design():
@@ -384,7 +386,7 @@ def test_simulated_dose_design():
     assert positive.between(8, 10).all() and (series.min() == 0).all()       # controls for every compound
     assert (df.groupby(["compound", "dose"]).size() >= 2).all()              # replicates
     assert (df.groupby("compound")["target"].nunique() == 1).all()           # compounds within targets
-    assert truth["hill"] == pytest.approx(0.1) and "log_ic50[compound=c00]" in truth
+    assert truth["hill"] == pytest.approx(1.1) and "log_ic50[compound=c00]" in truth
 
 
 def test_nuts_recovers_compound_ic50s_and_the_run_has_curves(tmp_path):
@@ -448,3 +450,289 @@ assert all(np.isfinite(np.asarray(v)).all() for v in g.values())
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
 
+
+
+# ====================================================================== bounds, priors and numbers
+# A bounded parameter whose formula is `1` is sampled itself (its prior is on it); one with a richer
+# formula is exp (inv_logit) of its linear predictor, whose coefficients carry the link in their names.
+import scipy.stats as sps  # noqa: E402
+
+
+def decay(seed=0, n=120) -> pd.DataFrame:
+    """y = a exp(-b x) + noise, with a factor H and a group g."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.5, 3.0, n)
+    return pd.DataFrame({"y": 3.0 * np.exp(-0.5 * x) + rng.normal(0, 0.1, n), "x": x,
+                         "z": rng.normal(size=n), "H": np.resize(["Bentazone", "Glyphosate"], n),
+                         "g": [f"g{i}" for i in rng.integers(0, 4, n)]})
+
+
+DECAY = decay()
+
+
+def decay_spec(b="1", bounds=None, priors=None, formula="y ~ a * exp(-b * x)", **params) -> dict:
+    return {"formula": formula, "params": {"a": "1", "b": b, **params},
+            "bounds": {"b": "positive"} if bounds is None else bounds, "family": "normal",
+            "priors": {"a": "normal(0, 5)", "sigma": "exponential(1)"} | (priors or {})}
+
+
+def log_prior(model, params):
+    return float(log_density(model.numpyro_model, (model.rows, model.consts), {"mode": "latent"}, params)[0])
+
+
+def elements(model, params) -> dict:
+    """The named outputs (element name -> value) at one value of the model's latent sites."""
+    from hbm.outputs import build_outputs
+    from hbm.results import element_names
+    sites = handlers.trace(handlers.substitute(handlers.seed(model.numpyro_model, 0), data=params)).get_trace(
+        model.rows, model.consts, mode="latent")
+    values = {k: np.asarray(v["value"])[None, None] for k, v in sites.items()
+              if v["type"] in ("sample", "deterministic")}
+    out = build_outputs(model.ir, values, model.encoding)
+    return {n: float(x) for v in out.vars
+            for n, x in zip(element_names(v, out.coords, out.plate_dims), np.asarray(v.values).reshape(-1))}
+
+
+@pytest.mark.parametrize("prior, logpdf", [
+    ("normal(0, 1)", lambda b: sps.halfnorm.logpdf(b, scale=1.0)),
+    ("normal(0.5, 0.3)", lambda b: sps.truncnorm.logpdf(b, -0.5 / 0.3, np.inf, loc=0.5, scale=0.3)),
+    ("lognormal(0, 0.5)", lambda b: sps.lognorm.logpdf(b, 0.5)),
+    ("gamma(2, 4)", lambda b: sps.gamma.logpdf(b, 2.0, scale=0.25)),
+])
+def test_a_positive_parameter_of_formula_1_has_its_prior_on_itself(prior, logpdf):
+    model = compile_(decay_spec(priors={"b": prior}), DECAY, noncentered=True)
+    sites = handlers.trace(handlers.seed(model.numpyro_model, 0)).get_trace(model.rows, model.consts)
+    assert "b" in sites and sites["b"]["type"] == "sample" and "b_decentered" not in sites
+    for b in (0.05, 0.7, 2.5):
+        params = {"a_decentered": 0.4, "b": b, "sigma": 0.3}   # a = 5 * 0.4 (a's prior is non-centred)
+        expected = sps.norm.logpdf(2.0, 0, 5) + np.log(5.0) + logpdf(b) + sps.expon.logpdf(0.3)
+        np.testing.assert_allclose(log_prior(model, params), expected, rtol=1e-5)
+
+
+def hand_decay(df=DECAY, b_prior=None):
+    x, y = (jnp.asarray(df[c].to_numpy(), jnp.float32) for c in ("x", "y"))
+
+    def model():
+        a = numpyro.sample("a", dist.Normal(0.0, 5.0))
+        b = numpyro.sample("b", b_prior or dist.HalfNormal(1.0))
+        sigma = numpyro.sample("sigma", dist.Exponential(1.0))
+        with numpyro.plate("rows", len(y)):
+            numpyro.sample("y", dist.Normal(a * jnp.exp(-b * x), sigma), obs=y)
+    return model
+
+
+def test_a_positive_parameter_of_formula_1_log_density_and_summary():
+    model = compile_(decay_spec(priors={"b": "normal(0, 1)"}), DECAY, noncentered=False)
+    hand = hand_decay()
+    for seed in range(3):
+        params = prior_draw(hand, seed)
+        lp_hand = log_density(hand, (), {}, params)[0]
+        lp = log_density(model.numpyro_model, (model.rows, model.consts), {}, params)[0]
+        np.testing.assert_allclose(float(lp), float(lp_hand), rtol=1e-5, atol=1e-3)
+    assert elements(model, {"a": 2.0, "b": 0.7, "sigma": 0.3}) == pytest.approx(
+        {"a": 2.0, "b": 0.7, "sigma": 0.3})                    # b itself, and no log(b)
+    s = hbm.fit(compile_(decay_spec(priors={"b": "normal(0, 1)"}), DECAY), engine="map", steps=3000).summary()
+    assert "log(b)" not in s.index
+    assert abs(s.loc["b", "mean"] - 0.5) < 0.05 and abs(s.loc["a", "mean"] - 3.0) < 0.2  # truth: 0.5, 3
+
+
+def test_a_fixed_positive_parameter_is_fixed_on_its_own_scale():
+    model = compile_(decay_spec(priors={"b": 0.5}), DECAY, noncentered=False)
+    assert elements(model, {"a": 2.0, "sigma": 0.3})["b"] == pytest.approx(0.5)
+    with pytest.raises(HbmError, match="'priors: b' is positive and cannot be fixed to -0.5"):
+        compile_(decay_spec(priors={"b": -0.5}), DECAY)
+
+
+def test_a_unit_parameter_of_formula_1_takes_a_prior_between_0_and_1():
+    spec = decay_spec(formula="y ~ a * (b + (1 - b) * exp(-x))", bounds={"b": "unit"}, priors={"b": "beta(2, 3)"})
+    model = compile_(spec, DECAY, noncentered=False)
+    params = {"a": 2.0, "b": 0.3, "sigma": 0.3}
+    expected = sps.norm.logpdf(2.0, 0, 5) + sps.beta.logpdf(0.3, 2, 3) + sps.expon.logpdf(0.3)
+    np.testing.assert_allclose(log_prior(model, params), expected, rtol=1e-5)
+    with pytest.raises(HbmError) as e:
+        compile_(decay_spec(formula=spec["formula"], bounds={"b": "unit"}, priors={"b": "normal(0, 1)"}), DECAY)
+    assert "is a probability (between 0 and 1)" in e.value.message and "beta" in e.value.problems[0].hint
+
+
+def test_a_positive_parameter_with_a_formula_is_exp_of_its_linear_predictor():
+    model = compile_(decay_spec(b="1 + z + (1 | g)", priors={
+        "log(b)": "normal(-0.5, 0.5)", "log(b):z": "normal(0, 0.3)", "sd(log(b) | g)": "half_normal(0.4)"}),
+                     DECAY, noncentered=False)
+    names = model.ir.parameter_names()
+    assert names == ("a", "log(b)", "log(b):z", "sd(log(b) | g)", "sigma")
+    g, n_g = codes("g", DECAY)
+    x, z, y = (jnp.asarray(DECAY[c].to_numpy(), jnp.float32) for c in ("x", "z", "y"))
+
+    def hand():
+        a = numpyro.sample("a", dist.Normal(0.0, 5.0))
+        lb = numpyro.sample("log(b)", dist.Normal(-0.5, 0.5))
+        bz = numpyro.sample("log(b):z", dist.Normal(0.0, 0.3))
+        sd = numpyro.sample("sd(log(b) | g)", dist.HalfNormal(0.4))
+        with numpyro.plate("g", n_g):
+            r = numpyro.sample("r(log(b) | g)", dist.Normal(0.0, sd))
+        sigma = numpyro.sample("sigma", dist.Exponential(1.0))
+        b = jnp.exp(lb + bz * z + r[g])
+        with numpyro.plate("rows", len(y)):
+            numpyro.sample("y", dist.Normal(a * jnp.exp(-b * x), sigma), obs=y)
+    for seed in range(3):
+        params = prior_draw(hand, seed)
+        np.testing.assert_allclose(float(log_density(model.numpyro_model, (model.rows, model.consts), {}, params)[0]),
+                                   float(log_density(hand, (), {}, params)[0]), rtol=1e-5, atol=1e-3)
+    out = elements(model, params)
+    # natural scale: b (its value where z = 0 and the group deviations are 0) and each group's b ...
+    assert out["b"] == pytest.approx(float(np.exp(params["log(b)"])), rel=1e-5)
+    for k in range(n_g):
+        lb_g = float(params["log(b)"] + params["r(log(b) | g)"][k])
+        assert out[f"log(b)[g=g{k}]"] == pytest.approx(lb_g, rel=1e-5, abs=1e-6)
+        assert out[f"b[g=g{k}]"] == pytest.approx(np.exp(lb_g), rel=1e-5)
+    # ... and the link-scale coefficients under names that say so; no natural-scale slope
+    assert {"log(b)", "log(b):z", "sd(log(b) | g)"} <= set(out) and "b:z" not in out
+
+
+def test_a_prior_keyed_by_a_linked_parameter_is_refused_with_its_coefficients_names():
+    with pytest.raises(HbmError) as e:
+        compile_(decay_spec(b="1 + z", priors={"b": "normal(0, 1)"}), DECAY)
+    p = e.value.problems[0]
+    assert "b = exp(its linear predictor)" in p.message and "log scale" in p.message
+    assert "log(b)" in p.hint and "log(b):z" in p.hint
+
+
+FACTOR = "0 + factor(H)"
+LEVELS = ("Bentazone", "Glyphosate")
+
+
+@pytest.mark.parametrize("bounds, key, link", [({}, "b", lambda v: v), ({"b": "positive"}, "log(b)", np.exp)])
+def test_a_prior_keyed_by_the_parameter_applies_to_each_coefficient(bounds, key, link):
+    term = f"{key}:factor(H)"
+    spec = decay_spec(b=FACTOR, bounds=bounds, priors={key: "normal(0.5, 0.25)"})
+    model = compile_(spec, DECAY, noncentered=False)
+    v = np.array([0.3, 0.8])
+    params = {"a": 2.0, term: v, "sigma": 0.3}
+    base = sps.norm.logpdf(2.0, 0, 5) + sps.expon.logpdf(0.3)
+    np.testing.assert_allclose(log_prior(model, params), base + sps.norm.logpdf(v, 0.5, 0.25).sum(), rtol=1e-5)
+    # a level's own key overrides the parameter's
+    spec["priors"][f"{term}[Glyphosate]"] = "student_t(3, -1, 0.2)"
+    model = compile_(spec, DECAY, noncentered=False)
+    expected = base + sps.norm.logpdf(0.3, 0.5, 0.25) + sps.t.logpdf(0.8, 3, -1, 0.2)
+    np.testing.assert_allclose(log_prior(model, params), expected, rtol=1e-5)
+    assert f"[Glyphosate] student_t(3, -1, 0.2)" in model.describe()
+    out = elements(model, params)
+    for lev, x in zip(LEVELS, v):
+        assert out[f"{term}[{lev}]"] == pytest.approx(x)
+        assert out[f"b:factor(H)[{lev}]"] == pytest.approx(float(link(x)), rel=1e-6)   # b's value at the level
+    # the model's log density, against a hand-written one
+    h, _ = codes("H", DECAY)
+    x_, y_ = (jnp.asarray(DECAY[c].to_numpy(), jnp.float32) for c in ("x", "y"))
+
+    def hand():
+        a = numpyro.sample("a", dist.Normal(0.0, 5.0))
+        c0 = numpyro.sample("c0", dist.Normal(0.5, 0.25))
+        c1 = numpyro.sample("c1", dist.StudentT(3.0, -1.0, 0.2))
+        sigma = numpyro.sample("sigma", dist.Exponential(1.0))
+        b = link(jnp.stack([c0, c1]))[h]
+        with numpyro.plate("rows", len(y_)):
+            numpyro.sample("y", dist.Normal(a * jnp.exp(-b * x_), sigma), obs=y_)
+    lp_hand = log_density(hand, (), {}, {"a": 2.0, "c0": 0.3, "c1": 0.8, "sigma": 0.3})[0]
+    lp = log_density(model.numpyro_model, (model.rows, model.consts), {}, params)[0]
+    np.testing.assert_allclose(float(lp), float(lp_hand), rtol=1e-5)
+
+
+def test_level_keys_are_checked():
+    with pytest.raises(HbmError) as e:
+        compile_(decay_spec(b=FACTOR, bounds={}, priors={"b:factor(H)[Glyfosate]": "normal(0, 1)"}), DECAY)
+    assert "not a parameter" in e.value.message
+    assert "did you mean 'b:factor(H)[Glyphosate]'?" in e.value.problems[0].hint
+    with pytest.raises(HbmError, match="a single level of 'b:factor\\(H\\)' cannot be fixed"):
+        compile_(decay_spec(b=FACTOR, bounds={}, priors={"b:factor(H)[Glyphosate]": 0.5}), DECAY)
+
+
+def test_check_says_which_scale_each_prior_is_on():
+    text = compile_(decay_spec(b="1 + z + (1 | g)", c="1", formula="y ~ a * exp(-b * x) + c",
+                               bounds={"b": "positive", "c": "positive"}, priors={"c": "normal(0, 2)"}),
+                    DECAY).describe()
+    assert "parameter b ~ 1 + z + (1 | g)   [positive: b = exp(its linear predictor); coefficients and " \
+           "their priors on the log scale, named log(b)...]" in text
+    assert "    log(b):z" in text and "sd(log(b) | g)" in text
+    assert "reported on b's scale too: b = exp(log(b)); b[g=level] = exp(log(b)[g=level])" in text
+    assert "parameter c ~ 1   [positive: the prior is on c itself: normal(0, 2) means half_normal(2)]" in text
+    assert "parameter a ~ 1\n" in text
+
+
+# numbers inside the expression: column op number, number op column, nested, inside functions
+NUMBER_FORMS = [
+    ("y ~ a * (x - 0.5)", lambda a, b, x: a * (x - 0.5)),
+    ("y ~ a * (0.5 - x)", lambda a, b, x: a * (0.5 - x)),
+    ("y ~ a * (2 * x + 1)^2 - b", lambda a, b, x: a * (2 * x + 1) ** 2 - b),
+    ("y ~ a * exp(-0.5 * x) + b", lambda a, b, x: a * np.exp(-0.5 * x) + b),
+    ("y ~ a * log(x + 1) + b / (x^2 + 1)", lambda a, b, x: a * np.log(x + 1) + b / (x ** 2 + 1)),
+    ("y ~ a + b * (x / 2 - 1) * (3 - x)", lambda a, b, x: a + b * (x / 2 - 1) * (3 - x)),
+    ("y ~ a * sqrt(abs(x - 1.5)) + 2 * b - 1", lambda a, b, x: a * np.sqrt(np.abs(x - 1.5)) + 2 * b - 1),
+    ("y ~ exp(2) * a + x^-1 * b - 1e-3", lambda a, b, x: np.exp(2) * a + x ** -1.0 * b - 1e-3),
+    ("y ~ a * (x - 0.5) * (x - 0.5) + b * -(1 - x)", lambda a, b, x: a * (x - 0.5) ** 2 + b * -(1 - x)),
+]
+
+
+@pytest.mark.parametrize("formula, fn", NUMBER_FORMS)
+def test_numbers_inside_the_expression(formula, fn):
+    spec = {"formula": formula, "params": {k: "1" for k in ("a", "b") if k in formula.split("~")[1]},
+            "family": "normal"}
+    model = compile_(spec, DECAY, noncentered=False)
+    mean = handlers.substitute(handlers.seed(model.numpyro_model, 0), data={"a": 1.3, "b": -0.7, "sigma": 1.0})(
+        model.rows, model.consts)
+    np.testing.assert_allclose(np.asarray(mean), fn(1.3, -0.7, DECAY["x"].to_numpy()), rtol=1e-5, atol=1e-5)
+
+
+KIDIQ = "/work/shared/validation/posteriordb/kidiq_with_mom_work-kidscore_interaction_c2/data.csv"
+
+
+def test_kidiq_interaction_with_numbers_equals_a_hand_written_model():
+    from pathlib import Path
+    if not Path(KIDIQ).exists():
+        pytest.skip("posteriordb validation data not available")
+    df = pd.read_csv(KIDIQ)
+    spec = {"formula": "kid_score ~ mu + b_hs * (mom_hs - 0.5) + b_iq * (mom_iq - 100) "
+                       "+ b_hs_iq * (mom_hs - 0.5) * (mom_iq - 100)",
+            "params": {"mu": "1", "b_hs": "1", "b_iq": "1", "b_hs_iq": "1"}, "family": "normal",
+            "priors": {"mu": "normal(0, 1000)", "b_hs": "normal(0, 1000)", "b_iq": "normal(0, 1000)",
+                       "b_hs_iq": "normal(0, 1000)", "sigma": "half_normal(1000)"}}
+    model = compile_(spec, df, noncentered=False)
+    assert "mom_hs - 0.5" in model.describe()
+    hs, iq, y = (jnp.asarray(df[c].to_numpy(), jnp.float32) for c in ("mom_hs", "mom_iq", "kid_score"))
+
+    def hand():
+        beta = [numpyro.sample(n, dist.Normal(0.0, 1000.0)) for n in ("mu", "b_hs", "b_iq", "b_hs_iq")]
+        sigma = numpyro.sample("sigma", dist.HalfNormal(1000.0))
+        a, b = hs - 0.5, iq - 100.0
+        with numpyro.plate("rows", len(y)):
+            numpyro.sample("y", dist.Normal(beta[0] + beta[1] * a + beta[2] * b + beta[3] * a * b, sigma), obs=y)
+    rng = np.random.default_rng(0)
+    for _ in range(3):   # around the reference posterior (mu 86.8, b_hs 2.9, b_iq 0.73, b_hs_iq -0.48, sigma 18)
+        params = {"mu": 86.8 + rng.normal(0, 1.2), "b_hs": 2.9 + rng.normal(0, 2.5),
+                  "b_iq": 0.73 + rng.normal(0, 0.08), "b_hs_iq": -0.48 + rng.normal(0, 0.16),
+                  "sigma": 18.0 + rng.normal(0, 0.6)}
+        params = {k: jnp.float32(v) for k, v in params.items()}
+        np.testing.assert_allclose(float(log_density(model.numpyro_model, (model.rows, model.consts), {}, params)[0]),
+                                   float(log_density(hand, (), {}, params)[0]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("b, bound, link, inverse", [
+    ("1 | g", "positive", "log", np.exp),                                   # a chain: values by level
+    ("1 + (1 | g)", "unit", "logit", lambda v: 1.0 / (1.0 + np.exp(-v))),
+])
+def test_linked_values_on_their_own_scale(b, bound, link, inverse):
+    model = compile_(decay_spec(b=b, bounds={"b": bound}, formula="y ~ a * exp(-b * x)"), DECAY, noncentered=False)
+    sites = handlers.trace(handlers.seed(model.numpyro_model, 3)).get_trace(model.rows, model.consts)
+    params = {k: v["value"] for k, v in sites.items() if v["type"] == "sample" and not v["is_observed"]}
+    out = elements(model, params)
+    assert out["b"] == pytest.approx(float(inverse(out[f"{link}(b)"])), rel=1e-5)
+    for k in range(4):
+        assert out[f"b[g=g{k}]"] == pytest.approx(float(inverse(out[f"{link}(b)[g=g{k}]"])), rel=1e-5)
+    assert f"sd({link}(b) | g)" in out
+
+
+def test_a_fixed_factor_takes_no_level_priors_and_undefined_numbers_are_errors():
+    with pytest.raises(HbmError, match="'b:factor\\(H\\)' is fixed to 1, so its levels cannot have priors"):
+        compile_(decay_spec(b=FACTOR, bounds={}, priors={"b": 1, "b:factor(H)[Glyphosate]": "normal(0, 1)"}), DECAY)
+    with pytest.raises(HbmError) as e:
+        compile_({"formula": "y ~ a * log(-1) + x", "params": {"a": "1"}}, DECAY)
+    assert "'log(-1)' is undefined (not a number)" in e.value.message and marked(e.value) == "log(-1)"

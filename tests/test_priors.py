@@ -9,7 +9,7 @@ import scipy.stats as st
 from hypothesis import given, settings, strategies as hs
 
 from hbm.errors import HbmError
-from hbm.priors import FAMILIES, Fixed, Prior, check_fixed, parse_prior, to_distribution
+from hbm.priors import FAMILIES, Fixed, PerLevel, Prior, check_fixed, parse_prior, to_distribution
 
 
 # jitted with the distribution as a pytree argument: one compile per family, not one per op
@@ -140,6 +140,22 @@ def test_unit_families():
     u = np.array([0.05, 0.3, 0.5, 0.9])
     np.testing.assert_allclose(lp("beta(2, 3)", "unit", u), st.beta.logpdf(u, 2, 3), rtol=1e-5)
     np.testing.assert_allclose(lp("uniform(0, 1)", "unit", u), np.zeros(4), atol=1e-6)
+
+
+def test_per_level_priors_are_independent_elements():
+    prior = PerLevel((Prior("normal", (1.0, 2.0)), Prior("student_t", (3.0, -1.0, 0.5))), ("u", "v"))
+    assert str(prior) == "[u] normal(1, 2), [v] student_t(3, -1, 0.5)"
+    d = to_distribution(prior, "real")
+    assert d.batch_shape == (2,) and d.expand((2,)).to_event(1).event_shape == (2,)
+    x = np.array([[0.3, -0.7], [2.0, 1.5]], np.float32)
+    expected = np.stack([st.norm.logpdf(x[:, 0], 1, 2), st.t.logpdf(x[:, 1], 3, -1, 0.5)], -1)
+    np.testing.assert_allclose(np.asarray(_log_prob(d, jnp.asarray(x))), expected, rtol=1e-5)   # jitted: a pytree
+    draws = np.asarray(_sample(d, jax.random.PRNGKey(0), 20000))
+    assert draws.shape == (20000, 2)
+    np.testing.assert_allclose(np.median(draws, 0), [1.0, -1.0], atol=0.07)   # 4 sd of the median of normal(1, 2)
+    e = err(to_distribution, PerLevel((Prior("normal", (0.0, 1.0)), Prior("beta", (2.0, 2.0))), ("u", "v")),
+            "real", where="b")
+    assert "beta(2, 2) is for values between 0 and 1 but 'b[v]' is real-valued" in e.message
 
 
 def test_normal_on_positive_is_half_normal():
