@@ -23,6 +23,13 @@ EXTRA_FIELDS = {"diverging": "diverging", "accept_prob": "accept_prob", "num_ste
                 "energy": "energy", "adapt_state.step_size": "step_size"}
 
 
+def dense_mass(problem: FitProblem, config: Any) -> bool:
+    """``options: {dense_mass: true}``: a dense mass matrix (default diagonal). Measured on the seed
+    model (20 products, 300 warmup draws): the Intercept's ESS 31 -> 91 of 300, but 1,010 leapfrog
+    steps a draw instead of 64, as the dense estimate needs more warmup than a short run gives."""
+    return bool(dict(getattr(config, "options", ()) or ()).get("dense_mass", False))
+
+
 class NUTSEngine:
     """``engine: nuts`` — ``warmup`` + ``samples`` draws in each of ``chains`` chains."""
 
@@ -40,9 +47,12 @@ class NUTSEngine:
         latent = latent_site_names(problem.model, problem.model_kwargs)
         dyn, rebuild = split_kwargs(problem.model_kwargs)
 
+        dense = dense_mass(problem, config)
+
         def one_chain(key, dyn_):
             kernel = NUTS(problem.model, target_accept_prob=float(config.target_accept),
-                          max_tree_depth=depth, init_strategy=hbm_init(init_to_median(num_samples=15)))
+                          max_tree_depth=depth, dense_mass=dense,
+                          init_strategy=hbm_init(init_to_median(num_samples=15)))
             mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=1, progress_bar=False)
             mcmc.run(key, extra_fields=tuple(EXTRA_FIELDS), **rebuild(dyn_))
             samples = mcmc.get_samples()
