@@ -52,7 +52,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import HbmError, did_you_mean
-from .base import EngineResult, FitProblem, Progress, split_kwargs
+from .base import EngineResult, FitProblem, Progress, compile_once, split_kwargs
 
 # Rough costs measured on a shared 2-core CPU (benchmarks/validation/lme4_compare.py notes):
 # a Newton step with 2000 group-level values takes seconds (the Hessian is 2000
@@ -206,7 +206,8 @@ class MarginalProblem:
                 out[n] = jnp.asarray(biject_to(s["fn"].support).inv(s["value"]), jnp.float64)
             return out
 
-        z = jax.jit(init)(jax.random.PRNGKey(seed), self.dyn)
+        key = jax.random.PRNGKey(seed)
+        z = compile_once(init, key, self.dyn, fast=True)(key, self.dyn)
         z = {n: (jnp.zeros_like(v) if n in self.u_set else v) for n, v in z.items()}
         self.theta0, self._unravel_theta = ravel_pytree({n: z[n] for n in split.theta})
         self.u0, self._unravel_u = ravel_pytree({n: z[n] for n in split.u})
@@ -514,8 +515,9 @@ def point_samples(fit: MarginalFit) -> dict[str, np.ndarray]:
     import jax.numpy as jnp
 
     mp = fit.mp
-    out = jax.jit(lambda th, u, dyn: mp.constrain(th, u, mp.rebuild(dyn)))(
-        jnp.asarray(fit.theta), jnp.asarray(fit.u), mp.dyn)
+    th, u = jnp.asarray(fit.theta), jnp.asarray(fit.u)
+    con = lambda th, u, dyn: mp.constrain(th, u, mp.rebuild(dyn))  # noqa: E731
+    out = compile_once(con, th, u, mp.dyn, fast=True)(th, u, mp.dyn)
     return {k: np.asarray(v, np.float32)[None, None] for k, v in out.items()}
 
 
@@ -580,22 +582,19 @@ def laplace_draws(fit: MarginalFit, draws: int, seed: int, conditional: str) -> 
     if n == 0:
         us = np.zeros((draws, 0))
     else:
-        cross = np.asarray(jax.jit(lambda th, u, dyn: mp.cross(th, u, mp.rebuild(dyn)))(
-            jnp.asarray(fit.theta), jnp.asarray(fit.u), mp.dyn))
+        th, u = jnp.asarray(fit.theta), jnp.asarray(fit.u)
+        cross_fn = lambda th, u, dyn: mp.cross(th, u, mp.rebuild(dyn))  # noqa: E731
+        cross = np.asarray(compile_once(cross_fn, th, u, mp.dyn, fast=True)(th, u, mp.dyn))
         jac = _cho_solve(fit.chol, cross)                     # du*/dtheta at theta*
         start = fit.u[None] + (thetas - fit.theta[None]) @ jac.T
         if method == "linear":
             us = start + _solve_upper(fit.chol.T, eps_u.T).T  # + L^-T eps: covariance A^-1
         else:
             us = _exact_conditional(fit, thetas, eps_u, start)
-    con = jax.jit(jax.vmap(lambda th, u, dyn: mp.constrain(th, u, mp.rebuild(dyn)), in_axes=(0, 0, None)))
-    out: dict[str, list] = {}
+    con = lambda th, u, dyn: mp.constrain(th, u, mp.rebuild(dyn))  # noqa: E731
     chunk = max(1, min(draws, 2**24 // max(n + d + mp.data_size, 1)))
-    for s in range(0, draws, chunk):
-        part = con(jnp.asarray(thetas[s:s + chunk]), jnp.asarray(us[s:s + chunk]), mp.dyn)
-        for k, v in part.items():
-            out.setdefault(k, []).append(np.asarray(v, np.float32))
-    samples = {k: np.concatenate(v)[None] for k, v in out.items()}
+    out = _in_chunks(con, (thetas, us), mp.dyn, chunk)
+    samples = {k: np.asarray(v, np.float32)[None] for k, v in out.items()}
     sd = np.sqrt(np.diag(cov)) if d else np.zeros(0)
     facts = {"conditional": method, "theta_sd_unconstrained": dict(zip(names, sd.round(6).tolist()))}
     return samples, facts
@@ -613,20 +612,35 @@ def _exact_conditional(fit: MarginalFit, thetas: np.ndarray, eps_u: np.ndarray, 
         u, chol, pd, conv, _ = mp.newton(th, u0, mp.rebuild(dyn))
         return u + solve_triangular(chol.T, eps, lower=False), pd & conv
 
-    run = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None)))
-    per = max(1, 2**24 // max(mp.n_u * mp.n_u + mp.chunk * mp.data_size, 1))
-    out, bad = [], 0
-    for s in range(0, thetas.shape[0], per):
-        u, ok = run(jnp.asarray(thetas[s:s + per]), jnp.asarray(eps_u[s:s + per]),
-                    jnp.asarray(start[s:s + per]), mp.dyn)
-        out.append(np.asarray(u))
-        bad += int(np.sum(~np.asarray(ok)))
+    per = max(1, min(thetas.shape[0], 2**24 // max(mp.n_u * mp.n_u + mp.chunk * mp.data_size, 1)))
+    u, ok = _in_chunks(one, (thetas, eps_u, start), mp.dyn, per)
+    bad = int(np.sum(~ok))
     if bad:
         raise HbmError(f"the Laplace approximation of the group-level effects broke down at {bad} of "
                        f"{thetas.shape[0]} draws of the other parameters (no downward-curved maximum there)",
                        where="inference.engine", hint="use engine: nuts or svi; "
                        "options: {conditional: linear} avoids re-solving at each draw")
-    return np.concatenate(out)
+    return u
+
+
+def _in_chunks(fn: Callable, arrays: tuple, dyn, chunk: int):
+    """``vmap(fn)`` over the leading axis of ``arrays`` (``fn(*rows, dyn)``), ``chunk`` rows at a time,
+    compiled once (the last chunk padded), results as NumPy."""
+    import jax
+    import jax.numpy as jnp
+
+    n = arrays[0].shape[0]
+    run = jax.vmap(fn, in_axes=(0,) * len(arrays) + (None,))
+    first = tuple(jnp.asarray(a[:chunk]) for a in arrays)
+    compiled = compile_once(run, *first, dyn, fast=True)
+    parts = []
+    for s in range(0, n, chunk):
+        rows = [np.asarray(a[s:s + chunk]) for a in arrays]
+        pad = chunk - rows[0].shape[0]
+        if pad:
+            rows = [np.concatenate([r, np.repeat(r[-1:], pad, 0)]) for r in rows]
+        parts.append(jax.tree.map(lambda x: np.asarray(x)[: chunk - pad], compiled(*map(jnp.asarray, rows), dyn)))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
 
 def _cho_solve(chol: np.ndarray, b: np.ndarray) -> np.ndarray:
