@@ -1,5 +1,13 @@
 """Laplace approximation: the mode in unconstrained space, then a Gaussian with the inverse Hessian.
 
+A model with group-level effects (latent sites inside a plate) is fitted by
+:mod:`hbm.engines.marginal`: the group effects are integrated out by a Laplace
+approximation, the other parameters ``theta`` get a Gaussian at the mode of
+their marginal posterior in unconstrained space (``options: {jacobian: true}``,
+the default) with the inverse Hessian of its log density, and each draw of
+``theta`` gets the group effects ``u | theta ~ N(u*(theta), A(theta)^-1)``.
+
+A model without group-level effects (or ``options: {group_effects: joint}``):
 NumPyro's ``AutoLaplaceApproximation``: SVI with a point-mass guide on the
 unconstrained latent vector (so the mode includes the transforms' Jacobians),
 then draws from ``MultivariateNormal(mode, inverse Hessian of -log joint)``,
@@ -32,6 +40,13 @@ class LaplaceEngine:
         from numpyro.infer import Trace_ELBO
         from numpyro.infer.autoguide import AutoLaplaceApproximation
 
+        from .marginal import read_options, run_marginal, split_sites
+
+        opts = read_options(config, self.name)
+        if opts.group_effects == "integrate":
+            split = split_sites(problem.model, problem.model_kwargs)
+            if split.u:
+                return run_marginal(problem, config, split, opts, self.name, progress, draws=int(config.draws))
         limit = int(dict(getattr(config, "options", ()) or ()).get("max_latent", MAX_LATENT))
         dims = {}
 
