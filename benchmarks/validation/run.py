@@ -48,7 +48,6 @@ QUICK = (
     "earnings-earn_height",                         # raw dollars: intercept -6e4, r = -0.998
     "kilpisjarvi_mod-kilpisjarvi",                  # x ~ 4000, r = -0.99999, informative priors
     "nes2000-nes",                                  # a factor, 10 parameters
-    "sblrc-blr",                                    # no intercept, correlated slopes of sd 0.001
 )
 
 
