@@ -96,7 +96,8 @@ def test_reference_stats_prefers_hbm_scale_and_falls_back_on_ess():
 
 
 def test_compare_and_case_summary():
-    summary = pd.DataFrame({"mean": [0.05, 2.0, 5.0], "sd": [1.0, 1.3, 0.2], "ess_bulk": [1000.0, 1000.0, 800.0]},
+    summary = pd.DataFrame({"mean": [0.05, 2.0, 5.0], "sd": [1.0, 1.3, 0.2], "ess_bulk": [1000.0, 1000.0, 800.0],
+                            "r_hat": [1.001, 1.002, 1.0]},
                            index=pd.Index(["a", "b", "extra"], name="parameter"))
     ref = [_ref("a", 0.0, 1.0, 0.01), _ref("b", 2.0, 1.0, 0.01), _ref("c", 0.0, 1.0, 0.01)]
     table = rules.compare(summary, ref, SAMPLER)
@@ -139,3 +140,19 @@ def test_crosstab():
              {"trusted": None, "passed": True}]
     assert rules.crosstab(cases) == {"trusted": {"pass": 1, "fail": 1}, "not trusted": {"pass": 0, "fail": 2},
                                      "no verdict": {"pass": 1, "fail": 0}}
+
+
+def test_sampler_must_have_converged():
+    """A stuck chain (R-hat 1.5, ESS 8) would pass the mean clause on its huge Monte Carlo allowance."""
+    ref = [_ref("a", 0.0, 1.0, 0.01)]
+    stuck = pd.DataFrame({"mean": [0.5], "sd": [1.0], "ess_bulk": [8.0], "r_hat": [1.5]}, index=["a"])
+    t = rules.compare(stuck, ref, SAMPLER)
+    assert t.loc["a", "mean_ok"] and t.loc["a", "sd_ok"] and not t.loc["a", "passed"]
+    assert "R-hat 1.5 not below 1.01" in t.loc["a", "reason"] and "bulk ESS 8 below 400" in t.loc["a", "reason"]
+    good = pd.DataFrame({"mean": [0.05], "sd": [1.0], "ess_bulk": [1500.0], "r_hat": [1.002]}, index=["a"])
+    assert rules.compare(good, ref, SAMPLER).loc["a", "passed"]
+    # no r_hat column (one chain): not converged by this rule
+    one = pd.DataFrame({"mean": [0.05], "sd": [1.0], "ess_bulk": [1500.0]}, index=["a"])
+    assert "R-hat" in rules.compare(one, ref, SAMPLER).loc["a", "reason"]
+    # the fast rule has no gate
+    assert rules.compare(good, ref, FAST, n_draws=1000).loc["a", "passed"]

@@ -9,7 +9,10 @@ draws for a fast engine, whose draws are independent):
 
 with tol 0.15, [0.8, 1.2] for a sampler (NUTS) and tol 0.5, [0.5, 2] for a fast engine (SVI, MAP,
 Laplace). An element passes when both clauses hold; a case passes when every element passes.
-An element the fit does not report fails, with the reason saying so.
+An element the fit does not report fails, with the reason saying so. A sampler's element must
+also have converged (R-hat < 1.01, bulk ESS >= 400: Vehtari et al. 2021): the Monte Carlo
+allowance uses the fit's own ESS, so without this gate a stuck chain (ESS 8) earns an allowance
+of a whole posterior sd.
 
 Pure functions on numbers, dicts and DataFrames; no hbm import.
 """
@@ -32,13 +35,15 @@ class Rule:
     sd_lo: float
     sd_hi: float
     mc_z: float = 3.0      # Monte Carlo allowance: this many combined standard errors
+    max_rhat: float | None = None   # convergence gate (samplers)
+    min_ess: float | None = None
 
     def describe(self) -> str:
         return (f"|mean - ref| <= {self.mean_tol:g} ref_sd + {self.mc_z:g} sqrt(mcse_ref^2 + mcse_fit^2); "
                 f"sd / ref_sd in [{self.sd_lo:g}, {self.sd_hi:g}]")
 
 
-SAMPLER = Rule("sampler", 0.15, 0.8, 1.2)
+SAMPLER = Rule("sampler", 0.15, 0.8, 1.2, max_rhat=1.01, min_ess=400.0)
 FAST = Rule("fast", 0.5, 0.5, 2.0)
 
 
@@ -126,8 +131,21 @@ def compare(summary: pd.DataFrame, reference: list[dict], rule: Rule, n_draws: i
                 n = n_draws if n_draws is not None else float("nan")
             row.update(fit_mean=float(r["mean"]), fit_sd=float(r["sd"]), fit_n=float(n))
             row.update(check_element(r["mean"], r["sd"], n, ref["mean"], ref["sd"], ref["mcse"], rule))
+            gate = convergence_gate(r.get("r_hat"), n, rule)
+            if gate:
+                row.update(passed=False, reason="; ".join(x for x in (row["reason"], gate) if x))
         rows.append(row)
     return pd.DataFrame(rows).set_index("element")
+
+
+def convergence_gate(r_hat, ess, rule: Rule) -> str:
+    """Why a sampler's element has not converged ("" when it has, or the rule has no gate)."""
+    reasons = []
+    if rule.max_rhat is not None and not (_finite(r_hat) and float(r_hat) < rule.max_rhat):
+        reasons.append(f"R-hat {float(r_hat) if _finite(r_hat) else float('nan'):.3g} not below {rule.max_rhat:g}")
+    if rule.min_ess is not None and not (_finite(ess) and float(ess) >= rule.min_ess):
+        reasons.append(f"bulk ESS {float(ess) if _finite(ess) else float('nan'):.3g} below {rule.min_ess:g}")
+    return "; ".join(reasons)
 
 
 def _sd_badness(ratio: float) -> float:
