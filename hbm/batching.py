@@ -192,7 +192,7 @@ def batched_model(spec, formula, model_ir, enc, rows, consts, model_fn, mesh, fi
     from .compiler import CompiledModel
     from .devices import place
 
-    if spec.inference.engine not in ENGINES:
+    if spec.inference.engine not in ENGINES + ("auto",):
         raise HbmError(f"batch_size needs an optimisation engine ({', '.join(ENGINES)}), "
                        f"not {spec.inference.engine}", where="batch_size",
                        hint="remove batch_size, or use engine: svi")

@@ -132,7 +132,12 @@ def cmd_check(args) -> int:
     model = compile_table(spec, df)
     print(f"spec      {spec.source_path or '(inline)'}   data: {source}")
     print(model.describe())
-    print(f"inference {spec.inference.engine}")
+    engine = spec.inference.engine
+    if engine == "auto":
+        from .fit import choose_engine
+        name, why = choose_engine(model)
+        engine = f"auto: {name} ({why})"
+    print(f"inference {engine}")
     return 0
 
 
@@ -140,7 +145,8 @@ def _check_inference(spec) -> None:
     """The engine and optimizer named in the spec exist (found now, not after compiling)."""
     from .engines.optim import build_optimizer
     from .engines.registry import get_engine
-    get_engine(spec.inference.engine)
+    if spec.inference.engine != "auto":
+        get_engine(spec.inference.engine)
     build_optimizer(spec.inference.optimizer_fn)
 
 
@@ -275,7 +281,7 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, p
     print(format_summary(result.summary()))
     info = result.engine.info
     if "converged" in info:
-        print(f"\n{spec.inference.engine}: {info.get('steps_run', '?')} steps, "
+        print(f"\n{result.config.engine}: {info.get('steps_run', '?')} steps, "
               + ("converged" if info["converged"] else f"stopped: {info.get('stop_reason', '?')}"))
     from .diagnostics import report_lines
     for line in report_lines(getattr(result, "diagnostics", None)):

@@ -328,9 +328,39 @@ def correction_line(diag: dict) -> str | None:
     return "PSIS correction: " + (c.get("reason") or ("applied" if c.get("applied") else "not applied"))
 
 
+SAMPLER_RHAT = 1.01      # Vehtari et al. (2021): R-hat below 1.01 ...
+SAMPLER_ESS = 400        # ... and bulk and tail ESS of at least 400 for every element
+
+
+def sampler_check(summary, sample_stats: dict | None, chains: int) -> dict:
+    """A sampler's verdict from its summary (``r_hat``, ``ess_bulk``, ``ess_tail``) and divergences."""
+    stats = sample_stats or {}
+    divergences = int(np.asarray(stats["diverging"]).sum()) if "diverging" in stats else 0
+    rhat = float(summary["r_hat"].max()) if "r_hat" in summary and chains > 1 else float("nan")
+    bulk = float(summary["ess_bulk"].min()) if "ess_bulk" in summary else float("nan")
+    tail = float(summary["ess_tail"].min()) if "ess_tail" in summary else float("nan")
+    worst = summary["r_hat"].idxmax() if "r_hat" in summary and chains > 1 else None
+    problems = []
+    if chains < 2:
+        problems.append("one chain: R-hat cannot be computed (run chains: 4)")
+    elif not rhat < SAMPLER_RHAT:
+        problems.append(f"R-hat {rhat:.3f} at {worst} (chains disagree: not converged)")
+    low = min(bulk, tail)
+    if not low >= SAMPLER_ESS:
+        problems.append(f"smallest ESS {low:.0f} (below {SAMPLER_ESS}: more samples, or a longer warmup)")
+    if divergences:
+        problems.append(f"{divergences} divergent transitions (raise target_accept; the posterior "
+                        "has regions the sampler cannot enter)")
+    head = f"R-hat max {rhat:.3f}, ESS min {bulk:.0f} bulk / {tail:.0f} tail, {divergences} divergences: "
+    text = head + ("trustworthy (the chains agree and mixed)." if not problems else
+                   "NOT trustworthy: " + "; ".join(problems) + ".")
+    return {"kind": "sampler", "verdict": text, "trustworthy": not problems, "max_r_hat": rhat,
+            "min_ess_bulk": bulk, "min_ess_tail": tail, "divergences": divergences}
+
+
 def summary_columns(df, diag: dict | None):
     """``df`` with the joint diagnostics as columns ``pareto_k`` and ``psis_ess`` (same on every row)."""
-    if not diag:
+    if not diag or "pareto_k" not in diag:
         return df
     df = df.copy()
     df["pareto_k"] = float(diag["pareto_k"])
@@ -339,4 +369,4 @@ def summary_columns(df, diag: dict | None):
 
 
 __all__ = ["guide_draws_weighted", "model_log_joint", "complete_log_weights", "psis", "corrected", "PSIS", "verdict", "check_fit", "systematic_resample",
-           "summary_columns", "correction_line", "report_lines", "KHAT_GOOD", "KHAT_OK", "CORRECTIONS"]
+           "summary_columns", "sampler_check", "correction_line", "report_lines", "KHAT_GOOD", "KHAT_OK", "CORRECTIONS"]

@@ -37,7 +37,8 @@ STRUCTURED_OPTIMIZER = Fn("adam", (), (("lr", 0.003),))   # the structured guide
 class InferenceSpec:
     """How to fit: the engine and its settings (``inference:`` in the YAML)."""
 
-    engine: str = "svi"            # svi | nuts | map | laplace | a registered plugin
+    engine: str = "auto"           # auto (nuts for small data, else svi: hbm.fit.choose_engine) | svi | nuts
+                                   # | map | laplace | a registered plugin
     guide: str = "structured"      # structured | normal | lowrank | mvn | delta (hbm/guides.py)
     rank: int | None = None        # lowrank guide rank (None: sqrt of the latent dimension)
     correct: str = "none"          # none | psis: reweigh a guide's draws by PSIS (hbm/diagnostics.py)
@@ -65,7 +66,7 @@ class InferenceSpec:
         0.01 otherwise (other guides, map, laplace)."""
         if self.optimizer is not None:
             return self.optimizer
-        structured = self.engine == "svi" and self.guide == "structured"
+        structured = self.engine in ("svi", "auto") and self.guide == "structured"
         return STRUCTURED_OPTIMIZER if structured else DEFAULT_OPTIMIZER
 
 

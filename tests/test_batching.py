@@ -119,7 +119,7 @@ def test_minibatch_fit_recovers_known_values():
     y = rng.poisson(np.exp(1.0 + 0.5 * x + b[g]))
     df = pd.DataFrame({"y": y, "x": x, "g": [f"g{i}" for i in g]})
     spec = {"formula": "y ~ x + (1 | g)", "family": "poisson", "batch_size": 512,
-            "inference": {"steps": 4000, "tolerance": 0, "draws": 200, "seed": 1,
+            "inference": {"engine": "svi", "steps": 4000, "tolerance": 0, "draws": 200, "seed": 1,
                           "optimizer": "adam(lr=0.03)"}}
     m = hbm.compile(spec, df)
     assert "minibatches of 512 rows" in m.describe()

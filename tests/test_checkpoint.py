@@ -29,6 +29,7 @@ name: long
 formula: y ~ x + (1 | g)
 family: normal
 inference:
+  engine: svi
   steps: 20000
   tolerance: 0
   draws: 100
@@ -143,7 +144,7 @@ def test_a_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_state(tm
     x = rng.normal(size=200)
     pd.DataFrame({"count": rng.poisson(np.exp(1 + 0.5 * x)), "x": x}).to_csv(tmp_path / "d.csv", index=False)
     (tmp_path / "s.yaml").write_text("formula: count ~ x\nfamily: poisson\n"
-                                     "inference:\n  steps: 2000\n  optimizer: adam(lr=1000)\n")
+                                     "inference:\n  engine: svi\n  steps: 2000\n  optimizer: adam(lr=1000)\n")
     run = tmp_path / "run"
     code = cli.main(["fit", str(tmp_path / "s.yaml"), str(tmp_path / "d.csv"), "--out", str(run), "--quiet"])
     err = capsys.readouterr().err

@@ -35,7 +35,7 @@ def workdir(tmp_path_factory):
     df.to_parquet(d / "data.parquet", index=False)
     (d / "spec.yaml").write_text(
         "name: small\nformula: y ~ x + (1 | g)\nfamily: normal\n"
-        "inference:\n  steps: 300\n  draws: 100\n  optimizer: adam(lr=0.05)\n")
+        "inference:\n  engine: svi\n  steps: 300\n  draws: 100\n  optimizer: adam(lr=0.05)\n")
     return d
 
 

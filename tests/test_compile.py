@@ -10,7 +10,7 @@ import hbm
 from hbm.errors import HbmError
 
 SPEC = {"formula": "y ~ x + factor(k) + (1 | g)", "family": "normal",
-        "inference": {"steps": 400, "draws": 50, "optimizer": "adam(lr=0.05)"}}
+        "inference": {"engine": "svi", "steps": 400, "draws": 50, "optimizer": "adam(lr=0.05)"}}
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_unknown_inference_override(table):
 
 def test_fit_result_to_arviz_has_named_dims(table):
     m = hbm.compile(SPEC, table)
-    r = hbm.fit(m, steps=200)
+    r = hbm.fit(m, engine="svi", steps=200)
     idata = r.to_arviz()
     da = idata.posterior["Intercept[g]"]
     assert da.dims == ("chain", "draw", "g") and list(da.coords["g"].values) == [f"grp{i}" for i in range(8)]

