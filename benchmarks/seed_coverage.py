@@ -46,6 +46,7 @@ def one(products: int, periods: int, seed: int, engine: str | None) -> dict:
     pop = s.loc["log(price)"]
     return {"products": products, "periods": periods, "seed": seed, "engine": r.config.engine,
             "coverage90": float(np.mean((lo <= true) & (true <= hi))), "mean_width": float(np.mean(hi - lo)),
+            "pop_mean": float(pop["mean"]), "pop_sd": float(pop["sd"]), "pop_truth": truth["global_a"],
             "pop_err_sd": float((pop["mean"] - truth["global_a"]) / pop["sd"]),
             "steps": r.engine.info.get("steps_run"), "converged": r.engine.info.get("converged"),
             "verdict": (r.diagnostics or {}).get("verdict"), "seconds": round(seconds, 1)}
