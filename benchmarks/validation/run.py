@@ -51,11 +51,6 @@ QUICK = (
     "dyestuff",                                     # 6 groups: a skewed group-level sd
     "cbpp",                                         # binomial with trials, a factor, herd effects
 )
-    "kidiq_with_mom_work-kidscore_interaction_z",   # scale() interaction, rescaled reference (hbm_scale)
-    "earnings-earn_height",                         # raw dollars: intercept -6e4, r = -0.998
-    "kilpisjarvi_mod-kilpisjarvi",                  # x ~ 4000, r = -0.99999, informative priors
-    "nes2000-nes",                                  # a factor, 10 parameters
-)
 
 
 @dataclass(frozen=True)
