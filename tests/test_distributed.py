@@ -29,7 +29,7 @@ SPEC = textwrap.dedent("""\
       sd(log(price) | product): 1
       sd(1 | product): 2
       sd(1 | category:period): 1
-    inference: {steps: 60, tolerance: 0, draws: 20, seed: 3}
+    inference: {engine: svi, steps: 60, tolerance: 0, draws: 20, seed: 3}
     """)
 
 
