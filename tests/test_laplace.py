@@ -279,3 +279,37 @@ def test_flat_marginal_is_refused_in_plain_words():
     with pytest.raises(HbmError, match="not positive definite") as e:
         hbm.fit(m, engine="laplace", draws=10, options=(("objective", "likelihood"),))
     assert "sd(1 | g)" in e.value.problems[0].message and "zero" in e.value.problems[0].hint
+
+
+def test_centred_and_noncentred_chains_have_the_same_marginal():
+    """A coefficient chain plus an intercept block, Poisson: the Laplace approximation is invariant
+    to the affine reparameterisation u = loc + sd z, so both parameterisations give one optimum."""
+    rng = np.random.default_rng(1)
+    cat, prod = np.repeat(np.arange(4), 40), np.repeat(np.arange(20), 8)
+    x = rng.normal(size=160)
+    bc = -1 + rng.normal(0, 0.3, 4)
+    bp = bc[np.arange(20) // 5] + rng.normal(0, 0.2, 20)
+    df = pd.DataFrame({"y": rng.poisson(np.exp(1 + bp[prod] * x + rng.normal(0, 0.3, 20)[prod])), "x": x,
+                       "product": [f"p{i}" for i in prod], "category": [f"c{i}" for i in cat]})
+    fits = []
+    for nc in (True, False):
+        m = hbm.compile({"formula": "y ~ x | product/category + (1 | product)", "family": "poisson",
+                         "noncentered": nc}, df)
+        fits.append(hbm.fit(m, engine="map", options=(("objective", "likelihood"),)))
+    a, b = (f.engine.info for f in fits)
+    assert a["group_dim"] == b["group_dim"] == 4 + 20 + 20 and a["converged"] and b["converged"]
+    assert any(s.endswith("_decentered") for s in a["integrated_sites"])
+    assert not any(s.endswith("_decentered") for s in b["integrated_sites"])
+    assert abs(a["log_marginal"] - b["log_marginal"]) < 1e-6
+    sa, sb = (f.summary()["mean"] for f in fits)
+    for k in ("x", "sd(x | product)", "sd(x | category)", "sd(1 | product)"):
+        assert abs(sa[k] - sb[k]) < 1e-3 * max(1.0, abs(sa[k])), k
+
+
+def test_minibatches_are_refused():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"y": rng.normal(size=200), "x": rng.normal(size=200), "g": [f"g{i % 10}" for i in range(200)]})
+    m = hbm.compile({"formula": "y ~ x + (1 | g)", "batch_size": 50, "inference": {"engine": "map"}}, df)
+    with pytest.raises(HbmError, match="needs every row at once") as e:
+        hbm.fit(m, engine="map")
+    assert "group_effects: joint" in e.value.problems[0].hint
