@@ -69,6 +69,7 @@ _NEWTON_ITERS = 100
 _NEWTON_TOL = 1e-10           # Newton decrement g' A^-1 g (log-density units) counted as converged
 _LOG_2PI = math.log(2.0 * math.pi)
 _FLAT = 1e-9                  # an eigenvalue of -Hessian below this x the largest counts as flat
+_FLAT_LOG_SD = 3.0            # a log sd whose normal approximation has sd above this (x e^3 at 1 sd) is flat
 
 
 @dataclass(frozen=True)
@@ -561,9 +562,17 @@ def laplace_draws(fit: MarginalFit, draws: int, seed: int, conditional: str) -> 
                 cov = np.linalg.inv(neg)
                 cov = 0.5 * (cov + cov.T)
                 break
+    # flat in a standard deviation's own scale: the eigenvalue test is relative to the largest
+    # curvature, which depends on the other coordinates (a whitened population block's is ~ rows)
+    loose = [i for i, nm in enumerate(names) if cov is not None and nm.startswith("sd(")
+             and np.sqrt(max(cov[i, i], 0.0)) > _FLAT_LOG_SD]
+    if loose:
+        cov, worst_names = None, [names[i] for i in loose]
+    else:
+        worst_names = []
     if cov is None:
-        worst = ""
-        if neg is not None and np.all(np.isfinite(neg)):
+        worst = " (flat or curved upward along " + ", ".join(worst_names) + ")" if worst_names else ""
+        if not worst_names and neg is not None and np.all(np.isfinite(neg)):
             vals, vecs = np.linalg.eigh(neg)
             top = [i for i in np.argsort(-np.abs(vecs[:, 0])) if abs(vecs[i, 0]) > 0.3][:3]
             worst = " (flat or curved upward along " + ", ".join(names[i] for i in top) + ")"
@@ -658,9 +667,12 @@ def _theta_labels(mp: MarginalProblem) -> list[str]:
     """A name for each unconstrained coordinate of ``theta``: ``site`` or ``site[i]``."""
     import jax
 
+    # in the flat vector's own order (ravel_pytree sorts a dict's keys), not the sites' order
+    tree = jax.eval_shape(lambda: mp._unravel_theta(mp.theta0))
     labels = []
-    for name in mp.split.theta:
-        size = int(np.size(jax.eval_shape(lambda: mp._unravel_theta(mp.theta0)[name])))
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = path[0].key if hasattr(path[0], "key") else str(path[0])
+        size = int(np.prod(leaf.shape)) if leaf.shape else 1
         labels += [name] if size == 1 else [f"{name}[{i}]" for i in range(size)]
     return labels
 
