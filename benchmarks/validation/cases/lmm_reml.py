@@ -48,7 +48,8 @@ def _lambda(theta, sizes):
     return sp.block_diag(parts).tocsr()
 
 
-def lmm_fit(X, y, terms, reml=True):
+def lmm_fit(X, y, terms, reml=True, polish=True):
+    """REML (or ML) fit; ``polish``: refine L-BFGS-B's optimum by Nelder-Mead (slow for large q)."""
     X, y = np.asarray(X, float), np.asarray(y, float)
     n, p = X.shape
     Z, sizes = _design(terms, n)
@@ -89,8 +90,9 @@ def lmm_fit(X, y, terms, reml=True):
         lower += [0.0 if i == j else -np.inf for i, j in zip(*np.tril_indices(k))]
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
     best = so.minimize(deviance, np.array(theta0), method="L-BFGS-B", bounds=bounds)
-    best = so.minimize(deviance, best.x, method="Nelder-Mead", bounds=bounds,
-                       options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 20000})
+    if polish:
+        best = so.minimize(deviance, best.x, method="Nelder-Mead", bounds=bounds,
+                           options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 20000})
     theta = best.x
     _, _, r2, beta, _ = solve(theta)
     sigma = float(np.sqrt(r2 / (n - p if reml else n)))
