@@ -283,6 +283,11 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, p
     if "converged" in info:
         print(f"\n{result.config.engine}: {info.get('steps_run', '?')} steps, "
               + ("converged" if info["converged"] else f"stopped: {info.get('stop_reason', '?')}"))
+    if "retried" in info:
+        r = info["retried"]
+        print(f"\n{result.config.engine}: ran again with target_accept {result.config.target_accept:g}, "
+              f"{result.config.warmup} warmup and {result.config.samples} draws per chain "
+              f"(first run: {r['reason']})")
     from .diagnostics import report_lines
     for line in report_lines(getattr(result, "diagnostics", None)):
         print(line)

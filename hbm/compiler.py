@@ -13,7 +13,7 @@ minibatches (``hbm.batching``).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -21,6 +21,7 @@ import pandas as pd
 
 from . import ast as A
 from . import ir as ir_mod
+from .centring import centred_sites
 from .devices import data_mesh, place, resolve_devices, shard_rows  # noqa: F401 (shard_rows: API)
 from .encode import Encoding, encode
 from .errors import HbmError
@@ -104,6 +105,8 @@ def compile_table(spec: Spec, df: pd.DataFrame, *, devices=None, noncentered=Non
     info = TableInfo(df, formula.source)
     model_ir = resolve(formula, info, family=spec.family, priors=spec.priors,
                        noncentered=spec.noncentered if noncentered is None else noncentered)
+    if whiten:
+        model_ir = replace(model_ir, centred=centred_sites(model_ir, info))
     rows, consts, enc = encode(model_ir, info)
     if whiten:
         consts = with_whitening(consts, model_ir, info)

@@ -123,7 +123,23 @@ def fit(model: CompiledModel, engine: str | None = None, progress: Callable | No
         from .checkpoint import Checkpointer
         kwargs["checkpoint"] = checkpoint if isinstance(checkpoint, Checkpointer) else \
             Checkpointer.from_config(checkpoint, config)
-    result = eng.fit(FitProblem(model.numpyro_model, model.data), config, progress, **kwargs)
+    problem = FitProblem(model.numpyro_model, model.data)
+    fitted = _finish(model, eng.fit(problem, config, progress, **kwargs), config)
+    retry = sampler_retry(fitted) if config.engine == "nuts" else None
+    if retry is not None:    # a second, longer or more careful run, as a statistician would
+        config, why = retry
+        first = fitted.engine.info
+        fitted = _finish(model, eng.fit(problem, config, progress, **kwargs), config)
+        fitted.engine.info["retried"] = {"reason": why, "first_run": {
+            k: first.get(k) for k in ("target_accept", "warmup", "samples", "num_divergences")}}
+    if chosen is not None:
+        fitted.engine.info["engine_chosen"] = chosen
+    return fitted
+
+
+def _finish(model: CompiledModel, result: EngineResult, config) -> FitResult:
+    """An engine's result as a FitResult: importance weights and PSIS for a guide's draws, the
+    outputs, and the sampler's verdict."""
     t0 = time.perf_counter()
     diagnostics = None
     if "log_q" in (result.sample_stats or {}):  # a minibatch fit: the log joint over every row here
@@ -139,14 +155,45 @@ def fit(model: CompiledModel, engine: str | None = None, progress: Callable | No
     if fitted.kind == "sampler":
         from .diagnostics import sampler_check
         fitted.diagnostics = sampler_check(fitted.summary(), result.sample_stats, int(config.chains))
-    if chosen is not None:
-        fitted.engine.info["engine_chosen"] = chosen
     return fitted
 
 
 AUTO_DEFAULT_ACCEPT, AUTO_TARGET_ACCEPT = 0.8, 0.9
+RETRY_ACCEPT = 0.99     # a run with divergences is run again at this target acceptance ...
+RETRY_LENGTH = 2        # ... and one whose chains disagree or mixed slowly with this many times the draws
+RETRY_MIN_SAMPLES = 1000   # runs of fewer draws per chain are not run again
 AUTO_MAX_ROWS = 5_000      # engine: auto fits NUTS up to this many rows ...
 AUTO_MAX_LATENT = 2_000    # ... and latent values; SVI beyond
+
+
+def sampler_retry(fitted: FitResult) -> tuple | None:
+    """The settings of a second NUTS run where the first is not trustworthy (``options: {retry:
+    false}`` turns it off), with the reason in words; None where the first run stands.
+
+    Divergences: the target acceptance rises to 0.99 (smaller steps into the posterior's narrow
+    regions, Stan's and brms's advice); R-hat or ESS short of the verdict's bounds: more draws.
+    Either way the second run's warmup and sampling are twice as long. Runs asked for with fewer
+    than 1,000 draws per chain are not run again (their length is the user's choice). Its verdict is the one
+    printed; fit.json records the first run's settings and why it was not kept."""
+    from .diagnostics import SAMPLER_ESS, SAMPLER_RHAT
+    config, diag = fitted.config, fitted.diagnostics or {}
+    if not dict(config.options or ()).get("retry", True) or diag.get("trustworthy", True):
+        return None
+    if config.samples < RETRY_MIN_SAMPLES:   # a run shorter than the default is the user's choice
+        return None
+    changes, why = {}, []
+    divergences = int(diag.get("divergences") or 0)
+    if divergences and config.target_accept < RETRY_ACCEPT:
+        changes["target_accept"] = RETRY_ACCEPT
+        why.append(f"{divergences} divergences at target_accept {config.target_accept:g}")
+    rhat, ess = diag.get("max_r_hat", 1.0), min(diag.get("min_ess_bulk", 1e9), diag.get("min_ess_tail", 1e9))
+    if config.chains > 1 and not (rhat < SAMPLER_RHAT and ess >= SAMPLER_ESS):
+        why.append(f"R-hat {rhat:.3f}, smallest ESS {ess:.0f}")
+    if not why:
+        return None
+    # smaller steps mix more slowly: the second run is always the longer one too
+    changes.update(warmup=config.warmup * RETRY_LENGTH, samples=config.samples * RETRY_LENGTH)
+    return dataclasses.replace(config, **changes), "; ".join(why)
 
 
 def choose_engine(model: CompiledModel) -> tuple[str, str]:

@@ -156,6 +156,7 @@ class ModelIR:
     offsets: tuple[A.Expr, ...] = ()
     nestings: tuple[tuple[str, str], ...] = ()   # (child plate, parent plate) pairs the data must satisfy
     noncentered: bool = True
+    centred: tuple[str, ...] = ()      # group-level sites drawn centred all the same (hbm.centring)
 
     def plate(self, name: str) -> Plate:
         return next(p for p in self.plates if p.name == name)
@@ -180,7 +181,8 @@ class ModelIR:
                                              ("weights", self.response.weights)) if v),
                f"family    {self.family.name} (link: {self.family.link})"
                + ("  [inferred from the data]" if self.family.inferred else ""),
-               f"effects   {'non-centred' if self.noncentered else 'centred'}"][: 4 if header else 0]
+               f"effects   {'non-centred' if self.noncentered else 'centred'}"
+               + (f"; centred where the data pin the levels: {', '.join(self.centred)}" if self.centred else "")][: 4 if header else 0]
         parents = dict(self.nestings)
         if self.plates:
             out.append("plates")

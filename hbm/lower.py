@@ -57,6 +57,8 @@ def reparam_config(model: ir.ModelIR) -> dict:
             cfg[c.site(p)] = LocScaleReparam(0)
     for b in model.groups:
         cfg[b.site] = TransformReparam() if b.cor_prior is not None else LocScaleReparam(0)
+    for site in model.centred:     # the data pin these levels: drawn as the model states them
+        cfg.pop(site, None)
     return cfg
 
 
@@ -121,7 +123,7 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
                 return numpyro.sample(site, dist.Normal(loc, sd))
             devs = jnp.stack([deviation(kind, s, tops.get(s)) for kind, s, _ in sh.slopes], -1)
             shift = jnp.sum(consts["shear"][plate] * devs, -1)
-            if model.noncentered:
+            if model.noncentered and site not in model.centred:
                 a = loc + sd * numpyro.sample(site + "~", dist.Normal(shift / sd, 1.0)) - shift
             else:
                 a = numpyro.sample(site + "~", dist.Normal(loc + shift, sd)) - shift

@@ -38,7 +38,10 @@ and their priors are on the log (logit) scale, and their names say so: ``log(p)`
 
 Priors (:func:`_route_priors`): by the names above; a parameter's linear-predictor name that is
 no coefficient's (``b`` for ``b: 0 + factor(f)``) applies to each of its population coefficients,
-as brms's ``nlpar`` priors do, and a level's key (``b:factor(f)[u]``) overrides it.
+as brms's ``nlpar`` priors do, and a level's key (``b:factor(f)[u]``) overrides it. A bounded
+cell-means parameter (``b: 0 + factor(f)``, ``bounds: {b: positive}``) is one ``b`` per level, so a
+prior keyed ``b`` is on each level's ``b`` itself (:class:`hbm.priors.OnNatural`, Jacobian included),
+as for ``b: 1``; ``log(b)`` keys the log-scale coefficients.
 
 Default priors: a real parameter's are scaled like a linear model's on the response
 (intercept ``student_t(3, 0, 2.5 sd(y))``, group sds ``half_normal(2.5 sd(y))``); a linked
@@ -64,7 +67,7 @@ from .encode import Encoding, encode, population_columns
 from .errors import HbmError, Problem, ProblemList, closest, did_you_mean
 from .families import FAMILIES
 from .lower import make_model, sample_param
-from .priors import Fixed, PerLevel, Prior, check_fixed, domain, to_distribution
+from .priors import Fixed, OnNatural, PerLevel, Prior, check_fixed, domain, to_distribution
 from .parse import parse_formula, parse_nonlinear
 from .resolve import _LinkScale, apply_priors, resolve
 from .table import TableInfo
@@ -309,6 +312,10 @@ def _scale_note(p: NonlinearParam) -> str:
     """Which scale a parameter's priors are on, for ``hbm check``."""
     if p.bound == "real":
         return ""
+    if not p.direct and _cell_means(p.model):
+        return (f"   [{p.bound}: one {p.name} per level, {p.name} = {_BOUND_TEXT[p.bound]}({p.linear_name}); a prior "
+                f"keyed '{p.name}' is on each {p.name} itself, one keyed '{p.linear_name}...' on the "
+                f"{_LINK[p.bound]} scale]")
     if not p.direct:
         return (f"   [{p.bound}: {p.name} = {_BOUND_TEXT[p.bound]}(its linear predictor); coefficients and "
                 f"their priors on the {_LINK[p.bound]} scale, named {p.linear_name}...]")
@@ -333,6 +340,14 @@ def _positive_text(prior: Prior) -> str:
 def _intercept_only(m: ir.ModelIR) -> bool:
     return (len(m.population) == 1 and len(m.population[0].columns) == 1
             and m.population[0].columns[0].is_intercept and not (m.groups or m.chains or m.offsets))
+
+
+def _cell_means(m: ir.ModelIR) -> bool:
+    """A formula of one coefficient per level (``0 + factor(f)``): each row's linear predictor is one
+    coefficient, so a bounded parameter is one value per level."""
+    return (len(m.population) == 1 and bool(m.population[0].levels)
+            and not any(c.is_intercept for c in m.population[0].columns)
+            and not (m.groups or m.chains or m.offsets))
 
 
 def _linear_name(name: str, bound: str, m: ir.ModelIR) -> str:
@@ -478,6 +493,10 @@ def _route_priors(subs: list[NonlinearParam], fam_names: list[str], priors: tupl
             by_level[i].setdefault(term, {})[lev] = (key, prior)
         elif k in umbrella:
             wide[umbrella[k]] = (key, prior)
+        elif k in natural and _cell_means(subs[natural[k]].model) and isinstance(prior, Prior):
+            p = subs[natural[k]]    # one p per coefficient: the prior is on each level's p itself
+            to_distribution(prior, p.bound, where=f"priors: {key}")
+            wide[natural[k]] = (key, OnNatural(prior, p.bound))
         elif k in natural:
             p = subs[natural[k]]
             names = p.model.parameter_names()

@@ -119,6 +119,7 @@ def ir_to_dict(m: ir.ModelIR) -> dict:
         "offsets": [_expr(o) for o in m.offsets],
         "nestings": [list(n) for n in m.nestings],
         "noncentered": m.noncentered,
+        "centred": list(m.centred),
     }
 
 
@@ -142,6 +143,7 @@ def ir_from_dict(d: dict) -> ir.ModelIR:
         offsets=tuple(_expr_back(o) for o in d["offsets"]),
         nestings=tuple(tuple(n) for n in d["nestings"]),
         noncentered=d["noncentered"],
+        centred=tuple(d.get("centred", ())),
     )
 
 

@@ -97,6 +97,20 @@ class PerLevel:
         return ", ".join(f"[{lev}] {p}" for lev, p in zip(self.levels, self.priors))
 
 
+@dataclass(frozen=True, slots=True)
+class OnNatural:
+    """A prior on a bounded parameter's own scale, given to its link-scale coefficient: the density of
+    ``log(p)`` (``logit(p)``) when ``p`` has ``prior`` (Jacobian included). A cell-means parameter
+    (``b: 0 + factor(f)``, ``bounds: {b: positive}``) has one ``p`` per coefficient, so ``b``'s prior
+    means what it says on each level's ``b``."""
+
+    prior: Prior
+    bound: str           # positive | unit
+
+    def __str__(self) -> str:
+        return f"{self.prior} on the parameter's own scale"
+
+
 # ---------------------------------------------------------------- parsing
 def _err(msg: str, where: str, hint: str | None = None) -> HbmError:
     return HbmError(msg, where=where, hint=hint)
@@ -201,6 +215,12 @@ def to_distribution(prior: Prior, support: str, dim: int | None = None, *, where
     "unit" (probabilities) or "corr_cholesky" (Cholesky factor of a ``dim`` x ``dim``
     correlation matrix). Raises HbmError when the prior does not fit the support.
     """
+    if isinstance(prior, OnNatural):
+        if support != "real":
+            raise ValueError(f"an own-scale prior is for a link-scale coefficient, not {support!r}")
+        natural = to_distribution(prior.prior, prior.bound, where=where)
+        link = dist.transforms.ExpTransform() if prior.bound == "positive" else dist.transforms.SigmoidTransform()
+        return dist.TransformedDistribution(natural, link.inv)
     if isinstance(prior, PerLevel):
         return _Stacked(tuple(to_distribution(p, support, dim, where=f"{where}[{lev}]")
                               for p, lev in zip(prior.priors, prior.levels)))

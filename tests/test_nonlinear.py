@@ -637,6 +637,25 @@ def test_a_prior_keyed_by_the_parameter_applies_to_each_coefficient(bounds, key,
     np.testing.assert_allclose(float(lp), float(lp_hand), rtol=1e-5)
 
 
+def test_a_prior_keyed_by_a_bounded_cell_means_parameter_is_on_each_levels_value():
+    """``b: 0 + factor(H)``, ``bounds: {b: positive}``: one b per level, so ``b: half_normal(2)`` is the
+    half-normal density of each level's b (plus the log Jacobian, as b = exp(log(b)))."""
+    spec = decay_spec(b=FACTOR, bounds={"b": "positive"}, priors={"b": "normal(0, 2)"})
+    model = compile_(spec, DECAY, noncentered=False)
+    lb = np.array([np.log(0.3), np.log(1.7)])
+    params = {"a": 2.0, "log(b):factor(H)": lb, "sigma": 0.3}
+    base = sps.norm.logpdf(2.0, 0, 5) + sps.expon.logpdf(0.3)
+    b = np.exp(lb)
+    expected = base + (sps.halfnorm.logpdf(b, scale=2.0) + lb).sum()
+    np.testing.assert_allclose(log_prior(model, params), expected, rtol=1e-5)
+    assert "a prior keyed 'b' is on each b itself" in model.describe()
+    out = elements(model, params)
+    assert out["b:factor(H)[Glyphosate]"] == pytest.approx(1.7, rel=1e-5)
+    # a real-line prior whose support misses b's is refused as for b: 1
+    with pytest.raises(HbmError, match="prior"):
+        compile_(decay_spec(b=FACTOR, bounds={"b": "unit"}, priors={"b": "gamma(2, 1)"}), DECAY)
+
+
 def test_level_keys_are_checked():
     with pytest.raises(HbmError) as e:
         compile_(decay_spec(b=FACTOR, bounds={}, priors={"b:factor(H)[Glyfosate]": "normal(0, 1)"}), DECAY)

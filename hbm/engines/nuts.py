@@ -48,10 +48,11 @@ class NUTSEngine:
         dyn, rebuild = split_kwargs(problem.model_kwargs)
 
         dense = dense_mass(problem, config)
+        regularize = bool(dict(getattr(config, "options", ()) or ()).get("regularize_mass", False))
 
         def one_chain(key, dyn_):
             kernel = NUTS(problem.model, target_accept_prob=float(config.target_accept),
-                          max_tree_depth=depth, dense_mass=dense,
+                          max_tree_depth=depth, dense_mass=dense, regularize_mass_matrix=regularize,
                           init_strategy=hbm_init(init_to_median(num_samples=15)))
             mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=1, progress_bar=False)
             mcmc.run(key, extra_fields=tuple(EXTRA_FIELDS), **rebuild(dyn_))
