@@ -88,20 +88,28 @@ def precision_ratio(e, w, x, codes, size, sigma2=None) -> tuple[np.ndarray, np.n
 def centred_sites(model: ir.ModelIR, info) -> tuple[str, ...]:
     """The group-level sites to draw centred (see the module's docstring): single-term and
     correlated blocks, and the innermost level of each chain."""
-    from .encode import column_values
-    if not model.noncentered or not (model.groups or model.chains):
+    if not model.noncentered:
         return ()
+    return tuple(site for site, r in precision_ratios(model, info).items() if r >= CENTRE_RATIO)
+
+
+def precision_ratios(model: ir.ModelIR, info) -> dict[str, float]:
+    """Per group-level site, the median level's ratio of data precision to prior precision
+    (empty where the family has no working response)."""
+    from .encode import column_values
+    if not (model.groups or model.chains):
+        return {}
     work = _working_response(model, info)
     if work is None:
-        return ()
+        return {}
     z, w, sigma2 = work
     ok = np.isfinite(z) & np.isfinite(w) & (w > 0)
     if ok.sum() < 3:
-        return ()
+        return {}
     try:
         e = np.where(ok, _population_residual(np.where(ok, z, 0.0), np.where(ok, w, 0.0), model, info), 0.0)
     except np.linalg.LinAlgError:
-        return ()
+        return {}
     w = np.where(ok, w, 0.0)
 
     terms = [(b.site, b.plate, b.columns) for b in model.groups] + \
@@ -124,4 +132,4 @@ def centred_sites(model: ir.ModelIR, info) -> tuple[str, ...]:
                 fitted[site][k] = shrunk[codes] * x
                 ratios.append(float(np.median(r)))
             ratio[site] = min(ratios)
-    return tuple(site for site, _, _ in terms if ratio[site] >= CENTRE_RATIO)
+    return ratio

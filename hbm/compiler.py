@@ -106,7 +106,7 @@ def compile_table(spec: Spec, df: pd.DataFrame, *, devices=None, noncentered=Non
     model_ir = resolve(formula, info, family=spec.family, priors=spec.priors,
                        noncentered=spec.noncentered if noncentered is None else noncentered)
     if whiten:
-        model_ir = replace(model_ir, centred=centred_sites(model_ir, info))
+        model_ir = with_centring(model_ir, info)
     rows, consts, enc = encode(model_ir, info)
     if whiten:
         consts = with_whitening(consts, model_ir, info)
@@ -125,6 +125,11 @@ def compile_table(spec: Spec, df: pd.DataFrame, *, devices=None, noncentered=Non
         consts = place({}, consts, None)[1]
     return CompiledModel(spec, formula, model_ir, enc, rows, consts, model_fn, len(df), n_dev, fingerprint(df),
                          fit_rows, fit_consts, plan)
+
+
+def with_centring(model_ir, info):
+    """``model_ir`` with the group-level sites the data pin drawn centred (``hbm.centring``)."""
+    return replace(model_ir, centred=centred_sites(model_ir, info))
 
 
 def with_whitening(consts: dict, model_ir, info) -> dict:

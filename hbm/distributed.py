@@ -125,7 +125,7 @@ def compile_file(spec, path: str | Path, layout: str | None = None):
     import jax
     import pyarrow.parquet as pq
 
-    from .compiler import CompiledModel, with_whitening
+    from .compiler import CompiledModel, with_centring, with_whitening
     from .devices import data_mesh, place, resolve_devices
     from .encode import encode, encode_consts
     from .layout import build_rows, plan_layout
@@ -145,7 +145,8 @@ def compile_file(spec, path: str | Path, layout: str | None = None):
     pf = pq.ParquetFile(path)
     formula = parse_formula(spec.formula)
     whole = TableInfo(ColumnFrame(pf), formula.source)
-    model_ir = resolve(formula, whole, family=spec.family, priors=spec.priors, noncentered=spec.noncentered)
+    model_ir = with_centring(resolve(formula, whole, family=spec.family, priors=spec.priors,
+                                     noncentered=spec.noncentered), whole)
 
     n_proc, me = jax.process_count(), jax.process_index()
     group_rows = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
