@@ -75,10 +75,12 @@ def precision_ratio(e, w, x, codes, size, sigma2=None) -> tuple[np.ndarray, np.n
     if seen.sum() < 2:
         return np.zeros(size), np.zeros(size)
     b = np.where(seen, sxe / np.where(seen, sxx, 1.0), 0.0)
+    dof = len(e) - int(seen.sum())
+    within = np.sum(w * (e - b[codes] * x) ** 2) / dof if dof > 0 else None
     if sigma2 is None:
-        within = np.sum(w * (e - b[codes] * x) ** 2)
-        dof = len(e) - int(seen.sum())
-        sigma2 = within / dof if dof > 0 else np.sum(w * e * e) / len(e)
+        sigma2 = within if within is not None else np.sum(w * e * e) / len(e)
+    elif within is not None:   # a count's overdispersion (an observation-level effect) adds to it
+        sigma2 = max(sigma2, within)
     sigma2 = max(float(sigma2), 1e-12)
     tau2 = max(float(np.var(b[seen], ddof=1) - np.mean(sigma2 / sxx[seen])), 0.0)
     ratio = np.where(seen, sxx * tau2 / sigma2, 0.0)

@@ -285,9 +285,9 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, p
               + ("converged" if info["converged"] else f"stopped: {info.get('stop_reason', '?')}"))
     if "retried" in info:
         r = info["retried"]
-        print(f"\n{result.config.engine}: ran again with target_accept {result.config.target_accept:g}, "
-              f"{result.config.warmup} warmup and {result.config.samples} draws per chain "
-              f"(first run: {r['reason']})")
+        print(f"\n{result.config.engine}: ran {len(r['earlier_runs'])} more time(s), last with target_accept "
+              f"{result.config.target_accept:g}, {result.config.warmup} warmup and {result.config.samples} draws "
+              f"per chain (" + "; then ".join(e["reason"] for e in r["earlier_runs"]) + ")")
     from .diagnostics import report_lines
     for line in report_lines(getattr(result, "diagnostics", None)):
         print(line)

@@ -125,13 +125,18 @@ def fit(model: CompiledModel, engine: str | None = None, progress: Callable | No
             Checkpointer.from_config(checkpoint, config)
     problem = FitProblem(model.numpyro_model, model.data)
     fitted = _finish(model, eng.fit(problem, config, progress, **kwargs), config)
-    retry = sampler_retry(fitted) if config.engine == "nuts" else None
-    if retry is not None:    # a second, longer or more careful run, as a statistician would
+    earlier = []
+    while config.engine == "nuts" and len(earlier) < RETRY_ROUNDS:   # as a statistician would
+        retry = sampler_retry(fitted, len(earlier) + 1)
+        if retry is None:
+            break
         config, why = retry
-        first = fitted.engine.info
+        info = fitted.engine.info
+        earlier.append({"reason": why, **{k: info.get(k) for k in (
+            "target_accept", "warmup", "samples", "num_divergences")}})
         fitted = _finish(model, eng.fit(problem, config, progress, **kwargs), config)
-        fitted.engine.info["retried"] = {"reason": why, "first_run": {
-            k: first.get(k) for k in ("target_accept", "warmup", "samples", "num_divergences")}}
+    if earlier:
+        fitted.engine.info["retried"] = {"reason": earlier[-1]["reason"], "earlier_runs": earlier}
     if chosen is not None:
         fitted.engine.info["engine_chosen"] = chosen
     return fitted
@@ -162,19 +167,21 @@ AUTO_DEFAULT_ACCEPT, AUTO_TARGET_ACCEPT = 0.8, 0.9
 RETRY_ACCEPT = 0.99     # a run with divergences is run again at this target acceptance ...
 RETRY_LENGTH = 2        # ... and one whose chains disagree or mixed slowly with this many times the draws
 RETRY_MIN_SAMPLES = 1000   # runs of fewer draws per chain are not run again
-AUTO_MAX_ROWS = 5_000      # engine: auto fits NUTS up to this many rows ...
+RETRY_ROUNDS = 2        # at most this many runs after the first (draws x2, then x4)
+AUTO_MAX_ROWS = 10_000     # engine: auto fits NUTS up to this many rows (7.6k: 50 s on 2 cores) ...
 AUTO_MAX_LATENT = 2_000    # ... and latent values; SVI beyond
 
 
-def sampler_retry(fitted: FitResult) -> tuple | None:
-    """The settings of a second NUTS run where the first is not trustworthy (``options: {retry:
-    false}`` turns it off), with the reason in words; None where the first run stands.
+def sampler_retry(fitted: FitResult, round_: int = 1) -> tuple | None:
+    """The settings of another NUTS run where the last is not trustworthy (``options: {retry:
+    false}`` turns it off), with the reason in words; None where the last run stands.
 
     Divergences: the target acceptance rises to 0.99 (smaller steps into the posterior's narrow
     regions, Stan's and brms's advice); R-hat or ESS short of the verdict's bounds: more draws.
-    Either way the second run's warmup and sampling are twice as long. Runs asked for with fewer
-    than 1,000 draws per chain are not run again (their length is the user's choice). Its verdict is the one
-    printed; fit.json records the first run's settings and why it was not kept."""
+    Either way each retry samples twice as long as the run before it, and the first retry warms up
+    twice as long. Runs asked for with fewer than 1,000 draws per chain are not run again (their
+    length is the user's choice). The last run's verdict is the one printed; fit.json records the
+    earlier runs' settings and why they were not kept (``convergence.retried``)."""
     from .diagnostics import SAMPLER_ESS, SAMPLER_RHAT
     config, diag = fitted.config, fitted.diagnostics or {}
     if not dict(config.options or ()).get("retry", True) or diag.get("trustworthy", True):
@@ -192,7 +199,8 @@ def sampler_retry(fitted: FitResult) -> tuple | None:
     if not why:
         return None
     # smaller steps mix more slowly: the second run is always the longer one too
-    changes.update(warmup=config.warmup * RETRY_LENGTH, samples=config.samples * RETRY_LENGTH)
+    changes.update(warmup=config.warmup * (RETRY_LENGTH if round_ == 1 else 1),
+                   samples=config.samples * RETRY_LENGTH)
     return dataclasses.replace(config, **changes), "; ".join(why)
 
 

@@ -36,3 +36,9 @@ def test_slow_mixing_doubles_the_run_and_keeps_the_step_target():
 def test_short_runs_and_retry_false_are_not_run_again(settings):
     bad = {**GOOD, "trustworthy": False, "divergences": 3, "max_r_hat": 1.05}
     assert sampler_retry(_fitted(bad, **settings)) is None
+
+
+def test_a_second_retry_doubles_the_draws_again_but_not_the_warmup():
+    slow = {**GOOD, "trustworthy": False, "max_r_hat": 1.015}
+    config, _ = sampler_retry(_fitted(slow, warmup=2000, samples=2000, target_accept=0.99), 2)
+    assert (config.warmup, config.samples, config.target_accept) == (2000, 4000, 0.99)
