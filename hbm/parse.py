@@ -19,7 +19,7 @@ from . import ast as A
 from . import nl_ast as N
 from .errors import HbmError, Span, did_you_mean
 
-GRAMMAR_PATH = Path(__file__).resolve().parent.parent / "grammars" / "formula.lark"
+GRAMMAR_PATH = Path(__file__).resolve().parent / "formula.lark"   # package data (pyproject.toml)
 
 RHS_FUNCTIONS = ("log", "exp", "sqrt", "center", "scale", "factor", "offset")
 LINKS = ("identity", "log", "logit", "probit", "inverse")
