@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec key, e.g. --set inference.draws=500")
     f.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    f.add_argument("--check-subset", action="store_true",
+                   help="a variational fit is also checked against NUTS on a subset of whole groups "
+                        "(hbm.subset_check); its verdict is printed and kept in fit.json")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.add_argument("--distributed", action="store_true",
                    help="one of several processes fitting together (hbm.distributed); with --coordinator, "
@@ -179,7 +182,7 @@ def cmd_fit(args) -> int:
     data_path = str(Path(data).resolve()) if data is not None else spec.data
     resume = {"data": data_path, "source": str(source), "fingerprint": model.fingerprint,
               "run_dir": str(run_dir), "overwrite": bool(args.overwrite)}
-    return _fit_and_save(args, spec, model, source, run_dir, compile_s, resume)
+    return _fit_and_save(args, spec, model, source, run_dir, compile_s, resume, table=df)
 
 
 def cmd_resume(args) -> int:
@@ -212,7 +215,7 @@ def cmd_resume(args) -> int:
                        where="data", hint="resume with the same data, or start a new fit")
     compile_s = time.perf_counter() - t0
     args.overwrite = overwrite
-    return _fit_and_save(args, spec, model, source, run_dir, compile_s, dict(info), part=part)
+    return _fit_and_save(args, spec, model, source, run_dir, compile_s, dict(info), part=part, table=df)
 
 
 RESUMABLE = ("inference.steps", "inference.optimizer", "inference.tolerance", "inference.draws",
@@ -241,7 +244,7 @@ def _resume_overrides(spec, overrides: list[str]):
     return new
 
 
-def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, part=None) -> int:
+def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, part=None, table=None) -> int:
     """Fit with checkpoints in ``<run_dir>.partial``, write the run directory, remove the partial one."""
     from .checkpoint import Checkpointer, lock_partial, remove_partial, start_partial, write_resume_info
     from .fit import fit
@@ -291,6 +294,11 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, p
     from .diagnostics import report_lines
     for line in report_lines(getattr(result, "diagnostics", None)):
         print(line)
+    if getattr(args, "check_subset", False) and result.kind != "sampler" and table is not None:
+        from .subset_check import check_on_subset
+        check = check_on_subset(result, table)
+        result.diagnostics = {**(result.diagnostics or {}), "subset_check": check}
+        print(check["verdict"])
     path = result.save(run_dir, overwrite=args.overwrite)
     remove_partial(part)
     if lock is not None:

