@@ -299,6 +299,7 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, p
         check = check_on_subset(result, table)
         result.diagnostics = {**(result.diagnostics or {}), "subset_check": check}
         print(check["verdict"])
+        print(check["overall"])
     path = result.save(run_dir, overwrite=args.overwrite)
     remove_partial(part)
     if lock is not None:

@@ -218,8 +218,8 @@ def verdict(khat: float, ess: float, draws: int, guide: str | None = None,
                    + ". Try " + "; ".join(tries) + ".")
     if dim is not None and dim > LARGE:
         text += (f" (k-hat judges all {dim:,} latent values jointly: at this size it is rarely below 0.7 "
-                 "for any guide; to check the intervals that matter, fit a subset of the groups with "
-                 "engine: nuts and `hbm compare` the two runs.)")
+                 "for any guide; `hbm fit --check-subset` checks the engine against NUTS on a subset "
+                 "of whole groups instead.)")
     return text
 
 

@@ -412,12 +412,5 @@ class AutoHierarchicalNormal(AutoContinuous):
         return self._unpack_and_constrain(latent, params)
 
 
-def describe_layout(guide: AutoHierarchicalNormal) -> dict:
-    """JSON-able facts about a set-up structured guide (for fit.json)."""
-    return {"population_values": guide.n_global,
-            "blocks": {name: list(idx.shape) for name, idx in guide.layout.blocks},
-            "nested": [f"{child} within {parent}" for _, _, (child, parent) in guide._nests]}
-
-
 __all__ = ["GUIDES", "DEFAULT_GUIDE", "guide_factory", "AutoHierarchicalNormal", "BlockArrowAffine",
            "plan_layout", "parent_maps", "Layout"]

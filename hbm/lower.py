@@ -185,12 +185,3 @@ def _blocks(model: ir.ModelIR) -> set[str]:
 
 def _extra(rows) -> dict:
     return {k: rows[k] for k in ("trials", "se") if k in rows}
-
-
-def n_latent(model: ir.ModelIR) -> int:
-    """Number of latent scalars (for choosing engines and guides)."""
-    sizes = {p.name: p.size for p in model.plates}
-    n = sum(len(t.columns) for t in model.population if not isinstance(t.prior, Fixed))
-    n += sum(sizes[p] for c in model.chains for p in c.plates)
-    n += sum(sizes[b.plate] * len(b.columns) for b in model.groups)
-    return int(n + np.sum([len(model.family.params)]))

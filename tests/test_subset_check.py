@@ -45,6 +45,9 @@ def test_a_good_fit_is_trusted_and_a_bad_one_is_not(steps, trusted):
     assert check["verdict"].startswith("Checked against NUTS on a subset (12 of 40 levels of g (300 of 1,000 rows)")
     assert "stopped before its convergence rule held: max_steps" in check["verdict"]
     assert ("trustworthy." if trusted else "NOT trustworthy: svi differs from NUTS") in check["verdict"]
+    khat = fitted.diagnostics["trustworthy"]
+    assert check["overall_trustworthy"] is (trusted and khat)
+    assert check["overall"].startswith("Overall: trustworthy" if trusted and khat else "Overall: NOT trustworthy (")
 
 
 def test_hbm_fit_check_subset_prints_and_records_the_verdict(tmp_path):
@@ -60,5 +63,6 @@ def test_hbm_fit_check_subset_prints_and_records_the_verdict(tmp_path):
                         "--check-subset"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "Checked against NUTS on a subset (all 1,000 rows)" in r.stdout and "NOT trustworthy" in r.stdout
+    assert "Overall: NOT trustworthy (" in r.stdout
     info = json.loads((tmp_path / "run" / "fit.json").read_text())
     assert info["diagnostics"]["subset_check"]["trustworthy"] is False

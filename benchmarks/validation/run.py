@@ -192,6 +192,7 @@ def run_case(case: Case, engine: str | None = None, sets: list[str] = (), subset
             t0 = time.perf_counter()
             check = check_on_subset(result, data)
             out.update(subset_verdict=check["verdict"], subset_trusted=check["trustworthy"],
+                       overall_trusted=check["overall_trustworthy"],
                        subset_s=round(time.perf_counter() - t0, 2))
     except Exception as e:  # noqa: BLE001 - a raised fit is a failed case; the suite goes on
         out["passed"] = False
@@ -368,6 +369,7 @@ def summarise(results: list[dict]) -> dict:
     checked = [r for r in results if r.get("subset_trusted") is not None]
     if checked:
         out["subset_x_rule"] = rules.crosstab([{**r, "trusted": r["subset_trusted"]} for r in checked])
+        out["overall_x_rule"] = rules.crosstab([{**r, "trusted": r.get("overall_trusted")} for r in checked])
     return out
 
 
@@ -423,6 +425,12 @@ def markdown(report: dict) -> str:
                   "| subset verdict \\ rule | pass | fail |", "| --- | ---: | ---: |"]
         for row in ("trusted", "not trusted"):
             lines.append(f"| {row} | {t[row]['pass']} | {t[row]['fail']} |")
+        t = s["overall_x_rule"]
+        lines += ["", "Overall (trusted only when k-hat and the subset check both trust the fit):", "",
+                  "| overall verdict \\ rule | pass | fail |", "| --- | ---: | ---: |"]
+        for row in ("trusted", "not trusted", "no verdict"):
+            if row != "no verdict" or sum(t[row].values()):
+                lines.append(f"| {row} | {t[row]['pass']} | {t[row]['fail']} |")
     failed = [r for r in res if not r["passed"]]
     if failed:
         lines += ["", "Failures:", ""]
