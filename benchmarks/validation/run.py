@@ -397,7 +397,7 @@ def markdown(report: dict) -> str:
              f"- machine: {m['machine']['platform']}, {m['machine']['processor']}, {m['machine']['cpus']} CPUs; "
              f"python {m['machine']['python']}, jax {m['machine']['jax']} ({m['machine']['jax_backend']}), "
              f"numpyro {m['machine']['numpyro']}; hbm commit {m['machine']['hbm_commit']}",
-             f"- date: {m['date']}",
+             f"- date: {m['date']}"] + ([f"- note: {m['note']}"] if m.get("note") else []) + [
              f"- passed: **{s['passed']} of {s['cases']}**", "",
              "| case | source | elements | worst \\|mean err\\| / ref sd | element | worst sd ratio | element "
              "| rule | PSIS verdict | convergence | fit s |",
