@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/hbm fit specs/price_elasticity.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests   # one worker per core; a file stays on one worker
 
 clean:
 	rm -rf $(VENV) runs
