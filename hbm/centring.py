@@ -123,15 +123,17 @@ def precision_ratios(model: ir.ModelIR, info) -> dict[str, float]:
     # backfitting: each term's ratio on the residual of the others' shrunken estimates, so that
     # crossed and nested terms do not count each other's variance as their own
     fitted = {site: [np.zeros_like(e) for _ in columns] for site, _, columns in terms}
+    total = np.zeros_like(e)       # the sum of every term's fitted values
     ratio = {}
     for _ in range(_SWEEPS):
         for site, _, _ in terms:
             codes, size, xs = design[site]
             ratios = []
             for k, x in enumerate(xs):
-                others = sum(f for s2, fs in fitted.items() for j, f in enumerate(fs) if (s2, j) != (site, k))
+                others = total - fitted[site][k]
                 r, shrunk = precision_ratio(e - others, w, x, codes, size, sigma2)
                 fitted[site][k] = shrunk[codes] * x
+                total = others + fitted[site][k]
                 ratios.append(float(np.median(r)))
             ratio[site] = min(ratios)
     return ratio

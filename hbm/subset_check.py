@@ -35,14 +35,11 @@ def subset_rows(model, df: pd.DataFrame, seed: int = 0, max_rows: int = SUBSET_R
     if n <= max_rows:
         return np.arange(n), f"all {n:,} rows"
     rng = np.random.default_rng(seed)
-    plates = [p for p in model.ir.plates]
-    if not plates:
+    if not model.ir.plates:
         return np.sort(rng.choice(n, max_rows, replace=False)), f"{max_rows:,} random rows of {n:,}"
-    plate = max(plates, key=lambda p: p.size)
-    codes = pd.MultiIndex.from_frame(df[list(plate.columns)]).codes if len(plate.columns) > 1 else None
-    key = (pd.Series(list(zip(*[df[c] for c in plate.columns]))) if codes is not None
-           else df[plate.columns[0]].reset_index(drop=True))
-    levels, inverse = np.unique(key.astype(str).to_numpy(), return_inverse=True)
+    plate = max(model.ir.plates, key=lambda p: p.size)
+    key = df[list(plate.columns)].astype(str).agg(":".join, axis=1).to_numpy()
+    levels, inverse = np.unique(key, return_inverse=True)
     counts = np.bincount(inverse, minlength=len(levels))
     order = rng.permutation(len(levels))
     take = order[: max(2, int(np.searchsorted(np.cumsum(counts[order]), max_rows)) + 1)]
