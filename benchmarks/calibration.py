@@ -129,7 +129,7 @@ def metrics(summary, truth: dict, ref=None) -> dict:
 
 def corrected_summary(fit_result):
     """The summary of ``fit_result`` with ``correct: psis`` applied to its draws (same fit)."""
-    from hbm.diagnostics import corrected
+    from hbm.pipeline.fit import corrected
     if "log_weight" not in (fit_result.engine.sample_stats or {}):
         return None, None
     c = corrected(fit_result)
@@ -152,7 +152,7 @@ def _value(text: str):
 
 def run_dataset(spec, seed: int, args, log) -> list[dict]:
     import hbm
-    from hbm.simulate import simulate
+    from hbm.pipeline.simulate import simulate
 
     df, truth = simulate(spec, seed=seed)
     model = hbm.compile(spec, df)

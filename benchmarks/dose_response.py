@@ -65,7 +65,7 @@ def rss_mb() -> float:
 def load_data(data_dir: str):
     """The spec's simulated data and the truth, generated once."""
     import hbm
-    from hbm.simulate import simulate
+    from hbm.pipeline.simulate import simulate
     path = Path(data_dir) / "dose_response_400k.parquet"
     truth_path = path.with_suffix(".truth.json")
     if path.exists() and truth_path.exists():
@@ -122,7 +122,7 @@ def hand_written(df: pd.DataFrame, priors_from):
             numpyro.sample("y", dist.StudentT(nu, mu, sigma), obs=y)
 
     # the parametrisation hbm picks (and a careful user would): plate effects and the normal-prior
-    # population values non-centred, the data-rich log IC50 chain centred (hbm.nonlinear.centring)
+    # population values non-centred, the data-rich log IC50 chain centred (hbm.resolve.nonlinear.centring)
     sites = ["bottom", "top", "r(bottom | plate)", "r(top | plate)"]
     return numpyro.handlers.reparam(model, config={s: LocScaleReparam(0) for s in sites}), data
 

@@ -133,7 +133,7 @@ def worker_speed(args) -> dict:
     df = pd.read_parquet(data_path(args.data_dir, args.products))
     res["load_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model = hbm.compiler.compile_table(hbm.spec.load_spec(_spec(args, int(args.devices))), df,
+    model = hbm.pipeline.compiled.compile_table(hbm.spec.load_spec(_spec(args, int(args.devices))), df,
                                        layout=args.layout)
     jax.block_until_ready(model.data["rows"])
     res["hbm_compile_s"] = time.perf_counter() - t0
@@ -202,12 +202,12 @@ def worker_answer(args) -> dict:
     from numpyro.infer.initialization import init_to_feasible, init_to_median
 
     import hbm
-    from hbm.engines.base import split_kwargs
+    from hbm.data.batching import split_kwargs
     from hbm.engines.optim import build_optimizer
     from hbm.engines.svi import make_elbo
 
     df = pd.read_parquet(data_path(args.data_dir, args.products))
-    model = hbm.compiler.compile_table(hbm.spec.load_spec(_spec(args, 1)), df, layout=args.layout)
+    model = hbm.pipeline.compiled.compile_table(hbm.spec.load_spec(_spec(args, 1)), df, layout=args.layout)
     del df
     dyn, rebuild = split_kwargs(model.data)
     optim, elbo = build_optimizer(args.optimizer), make_elbo(model.spec.inference)

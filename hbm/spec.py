@@ -15,18 +15,18 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import HbmError, Problem, ProblemList, Span, closest
-from .parse import Fn, parse_call
-from .priors import Fixed, Prior, _fmt, parse_prior
+from hbm.errors import HbmError, Problem, ProblemList, Span, closest
+from hbm.frontend.parse import Fn, parse_call
+from hbm.frontend.priors import Fixed, Prior, _fmt, parse_prior
 
 FAMILIES = ("normal", "student_t", "poisson", "negative_binomial", "bernoulli", "binomial",
             "gamma", "lognormal", "beta")
 FAMILY_ALIASES = {"gaussian": "normal", "student": "student_t", "t": "student_t",
                   "negbinomial": "negative_binomial", "negativebinomial": "negative_binomial",
                   "neg_binomial": "negative_binomial"}
-GUIDES = ("normal", "lowrank", "mvn", "structured", "delta")   # hbm.guides.GUIDES
+GUIDES = ("normal", "lowrank", "mvn", "structured", "delta")   # hbm.engines.guides.GUIDES
 LOSSES = ("elbo", "renyi")
-CORRECTIONS = ("none", "psis")   # hbm.diagnostics.CORRECTIONS
+CORRECTIONS = ("none", "psis")   # hbm.results.diagnostics.CORRECTIONS
 BOUNDS = ("real", "positive", "unit")
 MAX_STEPS = 10_000_000
 DEFAULT_OPTIMIZER = Fn("adam", (), (("lr", 0.01),))
@@ -37,11 +37,11 @@ STRUCTURED_OPTIMIZER = Fn("adam", (), (("lr", 0.003),))   # the structured guide
 class InferenceSpec:
     """How to fit: the engine and its settings (``inference:`` in the YAML)."""
 
-    engine: str = "auto"           # auto (nuts for small data, else svi: hbm.fit.choose_engine) | svi | nuts
+    engine: str = "auto"           # auto (nuts for small data, else svi: hbm.pipeline.fit.choose_engine) | svi | nuts
                                    # | map | laplace | a registered plugin
-    guide: str = "structured"      # structured | normal | lowrank | mvn | delta (hbm/guides.py)
+    guide: str = "structured"      # structured | normal | lowrank | mvn | delta (hbm/engines/guides.py)
     rank: int | None = None        # lowrank guide rank (None: sqrt of the latent dimension)
-    correct: str = "none"          # none | psis: reweigh a guide's draws by PSIS (hbm/diagnostics.py)
+    correct: str = "none"          # none | psis: reweigh a guide's draws by PSIS (hbm/results/diagnostics.py)
     loss: str = "elbo"             # elbo | renyi
     alpha: float = 0.0             # renyi alpha
     particles: int = 1

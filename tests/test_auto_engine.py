@@ -1,10 +1,10 @@
-"""``engine: auto`` picks NUTS where it is affordable and SVI beyond (hbm.fit.choose_engine)."""
+"""``engine: auto`` picks NUTS where it is affordable and SVI beyond (hbm.pipeline.fit.choose_engine)."""
 from __future__ import annotations
 
 import pytest
 
 import hbm
-from hbm.fit import AUTO_MAX_LATENT, AUTO_MAX_ROWS, choose_engine, latent_size
+from hbm.pipeline.fit import AUTO_MAX_LATENT, AUTO_MAX_ROWS, choose_engine, latent_size
 
 
 def _model(rows: int, plates: int):

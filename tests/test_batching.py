@@ -14,8 +14,8 @@ from numpyro.infer.util import log_density
 from numpyro.optim import Adam
 
 import hbm
-from hbm.batching import BatchStream, window
-from hbm.compiler import compile_table
+from hbm.data.batching import BatchStream, window
+from hbm.pipeline.compiled import compile_table
 from hbm.errors import HbmError
 from hbm.spec import load_spec
 
@@ -158,8 +158,8 @@ class _Stop(Exception):
 def test_an_interrupted_minibatch_fit_resumes_exactly(tmp_path, monkeypatch):
     """Chunks follow the block number, so a fit resumed from a mid-block checkpoint takes the same
     steps on the same rows as one that never stopped."""
-    import hbm.batching
-    monkeypatch.setattr(hbm.batching, "CHUNK_ROWS", 100)        # 4 chunks of the 400 rows
+    import hbm.data.batching
+    monkeypatch.setattr(hbm.data.batching, "CHUNK_ROWS", 100)        # 4 chunks of the 400 rows
     m = _model(20, frame(n=400))
     assert not m.batches.whole
     settings = dict(engine="svi", guide="normal", steps=400, tolerance=0, draws=50, seed=5,

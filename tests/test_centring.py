@@ -1,4 +1,4 @@
-"""Group-level sites are drawn centred where the data pin their levels (hbm.centring)."""
+"""Group-level sites are drawn centred where the data pin their levels (hbm.lowering.centring)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +7,8 @@ import pytest
 from numpyro import handlers
 from numpyro.infer.util import log_density
 
-from hbm.centring import CENTRE_RATIO, centred_sites, precision_ratio
-from hbm.compiler import compile_table
+from hbm.lowering.centring import CENTRE_RATIO, centred_sites, precision_ratio
+from hbm.pipeline.compiled import compile_table
 from hbm.spec import load_spec
 
 RNG = np.random.default_rng(11)
@@ -74,9 +74,9 @@ def test_counts_use_their_fisher_weights_and_other_families_stay_non_centred(fam
 def test_the_threshold_is_the_documented_one():
     assert CENTRE_RATIO == pytest.approx(2.0)
     df = _crossed()
-    from hbm.table import TableInfo
-    from hbm.parse import parse_formula
-    from hbm.resolve import resolve
+    from hbm.data.table import TableInfo
+    from hbm.frontend.parse import parse_formula
+    from hbm.resolve.linear import resolve
     f = parse_formula("y ~ x + (1 | g) + (1 | h)")
     info = TableInfo(df, f.source)
     assert centred_sites(resolve(f, info, family="normal", noncentered=False), info) == ()

@@ -19,8 +19,8 @@ import pytest
 
 import hbm
 from hbm import cli
-from hbm.checkpoint import Checkpointer, atomic_write, partial_dir
-from hbm.results import load_netcdf
+from hbm.io.checkpoint import Checkpointer, atomic_write, partial_dir
+from hbm.results.summary import load_netcdf
 
 ROOT = Path(__file__).resolve().parent.parent
 EVERY = 250   # divides the convergence block (500 for 20000 steps), so every piece ends in a checkpoint

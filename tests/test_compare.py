@@ -1,14 +1,14 @@
-"""``hbm compare`` (hbm/compare.py) on two synthetic run directories with known summaries."""
+"""``hbm compare`` (hbm/pipeline/compare.py) on two synthetic run directories with known summaries."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy.special import ndtri
 
-from hbm.cli import main
-from hbm.compare import compare_summaries
-from hbm.results import OutputVar, Outputs, summarize, to_inference_data
-from hbm.rundir import save_fit
+from hbm.cli.main import main
+from hbm.pipeline.compare import compare_summaries
+from hbm.results.summary import OutputVar, Outputs, summarize, to_inference_data
+from hbm.io.rundir import save_fit
 
 DRAWS = 2000
 # draws with sample mean exactly 0 and sd exactly 1: every summary below is known in advance
@@ -42,7 +42,7 @@ def runs(tmp_path):
 
 
 def test_compare_table_numbers(runs):
-    from hbm.compare import compare_runs
+    from hbm.pipeline.compare import compare_runs
     cmp = compare_runs(*runs)
     t = cmp.table
     assert list(t.index) == ["mu", "sd(1 | g)", "theta[g=a]", "theta[g=b]", "theta[g=c]"]

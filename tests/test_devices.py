@@ -1,4 +1,4 @@
-"""Devices and layouts: the fit layout (``hbm.layout``) and sharding over devices change the cost of a
+"""Devices and layouts: the fit layout (``hbm.data.layout``) and sharding over devices change the cost of a
 step, never its value.
 
 - flat and panel layouts give the same log joint and gradient, for every kind of plate plan;
@@ -25,9 +25,9 @@ from numpyro import handlers
 from numpyro.infer.util import log_density
 
 import hbm
-from hbm.compiler import compile_table
-from hbm.families import FAMILIES
-from hbm.likelihood import FUSED
+from hbm.pipeline.compiled import compile_table
+from hbm.vocabulary.families import FAMILIES
+from hbm.vocabulary.families import FUSED
 from hbm.spec import load_spec
 
 
@@ -149,7 +149,7 @@ WORKER = textwrap.dedent("""
     assert jax.device_count() == 4, jax.devices()
     sys.path[:0] = [{tests!r}, {root!r}]
     from test_devices import panel_frame, SEED, _spec, _params, _vg
-    from hbm.compiler import compile_table
+    from hbm.pipeline.compiled import compile_table
     from hbm.engines.base import FitProblem
     from hbm.engines.svi import guide_factory, make_elbo, run_svi
 
@@ -173,7 +173,7 @@ WORKER = textwrap.dedent("""
     # minibatches over the 4 devices: the windows of the chunk average to the whole
     import jax.numpy as jnp
     from numpyro.infer.util import log_density
-    from hbm.batching import window
+    from hbm.data.batching import window
     m = compile_table(_spec(SEED, "poisson", batch_size=40), df, devices=4)
     s = m.batches
     chunk = m.data["rows"]["chunk"]

@@ -1,4 +1,4 @@
-"""PSIS diagnostics of variational fits (hbm/diagnostics.py): k-hat of exact and bad guides, the
+"""PSIS diagnostics of variational fits (hbm/results/diagnostics.py): k-hat of exact and bad guides, the
 correction, and where the figures are written."""
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 
 import hbm
-from hbm.diagnostics import KHAT_OK, check_fit, corrected, psis, report_lines, systematic_resample, verdict
+from hbm.results.diagnostics import KHAT_OK, check_fit, report_lines, verdict
+from hbm.pipeline.fit import corrected
+from hbm.engines.importance import psis, systematic_resample
 from hbm.engines import FitProblem, get_engine
 from hbm.engines.base import EngineResult
-from hbm.parse import parse_call
+from hbm.frontend.parse import parse_call
 from hbm.spec import InferenceSpec
 
 
@@ -146,9 +148,9 @@ def correlated_fits():
             "priors": {"Intercept": "normal(0, 5)", "x1": "normal(0, 5)", "x2": "normal(0, 5)"},
             "inference": {"engine": "svi", "draws": 4000, "steps": 3000, "tolerance": 0,
                           "optimizer": "adam(lr=exponential_decay(0.02, 3000, 0.02))"}}
-    # one sample site per coefficient (no whitening, hbm.whiten): the posterior of x1 and x2 stays
+    # one sample site per coefficient (no whitening, hbm.lowering.whiten): the posterior of x1 and x2 stays
     # correlated in the guide's coordinates, which is what these tests need a mean-field guide to miss
-    from hbm.compiler import compile_table
+    from hbm.pipeline.compiled import compile_table
     from hbm.spec import load_spec
     model = compile_table(load_spec(spec), df, whiten=False)
     return df, {g: hbm.fit(model, engine="svi", guide=g) for g in ("normal", "mvn")}
@@ -176,7 +178,7 @@ def test_psis_correction_moves_mean_field_toward_the_exact_posterior(correlated_
 
 
 def test_diagnostics_go_into_the_run_directory(correlated_fits, tmp_path):
-    from hbm.rundir import load_run
+    from hbm.io.rundir import load_run
     _, fits = correlated_fits
     fixed = corrected(fits["normal"])
     path = fixed.save(tmp_path / "run")
@@ -192,7 +194,7 @@ def test_diagnostics_go_into_the_run_directory(correlated_fits, tmp_path):
 
 
 def test_model_log_joint_is_the_log_joint_at_each_draw():
-    from hbm.diagnostics import model_log_joint
+    from hbm.engines.importance import model_log_joint
     mu = np.random.default_rng(0).normal(0.7, 0.3, 7).astype(np.float32)
     got = model_log_joint(conjugate, {"y": jnp.asarray(Y)}, {"mu": mu[None]})
     prior = dist.Normal(0.0, PRIOR_SD).log_prob(mu)

@@ -14,10 +14,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from hbm.distributed import SharedLevels, shares
+from hbm.pipeline.distributed import SharedLevels, shares
 from hbm.errors import HbmError
-from hbm.rundir import load_run
-from hbm.table import TableInfo
+from hbm.io.rundir import load_run
+from hbm.data.table import TableInfo
 
 SPEC = textwrap.dedent("""\
     name: dist
@@ -107,7 +107,7 @@ def test_local_codes_follow_the_whole_table(tmp_path):
     df = _panel()
     path = tmp_path / "d.parquet"
     df.to_parquet(path, index=False, row_group_size=50)
-    from hbm.distributed import ColumnFrame
+    from hbm.pipeline.distributed import ColumnFrame
     pf = pq.ParquetFile(path)
     whole = TableInfo(ColumnFrame(pf), "")
     part = pf.read_row_groups([2, 3]).to_pandas()
@@ -127,9 +127,9 @@ def test_shares_of_the_rows_add_up_to_the_whole(layout):
     from numpyro import handlers
     from numpyro.infer.util import log_density
 
-    from hbm.compiler import compile_table
-    from hbm.devices import place
-    from hbm.layout import build_rows
+    from hbm.pipeline.compiled import compile_table
+    from hbm.data.devices import place
+    from hbm.data.layout import build_rows
     from hbm.spec import load_spec
 
     df = _panel()
@@ -150,7 +150,7 @@ def test_shares_of_the_rows_add_up_to_the_whole(layout):
         part = jax.tree.map(lambda v: v[a:b], flat_rows)
         rows, lay = build_rows(m.ir, m.layout, part, np.arange(a, b), blk, mask=True)
         rows, consts = place(rows, {**jax.tree.map(np.asarray, m.consts), **lay}, None)
-        from hbm.layout import pad_rows
+        from hbm.data.layout import pad_rows
         rows = jax.tree.map(jax.numpy.asarray, pad_rows(jax.tree.map(np.asarray, rows), 1, length))
         total += float(logp(params, rows, consts)) - prior
     np.testing.assert_allclose(total + prior, whole, rtol=1e-5)

@@ -14,7 +14,7 @@ import pytest
 from hbm.engines import Engine, FitProblem, available_engines, build_optax, build_optimizer, get_engine
 from hbm.engines import registry
 from hbm.errors import HbmError
-from hbm.parse import parse_call
+from hbm.frontend.parse import parse_call
 from hbm.spec import InferenceSpec
 
 

@@ -26,10 +26,10 @@ import pytest
 
 from hbm import ir
 from hbm.errors import HbmError
-from hbm.parse import parse_formula
-from hbm.priors import parse_prior
-from hbm.resolve import resolve
-from hbm.table import TableInfo
+from hbm.frontend.parse import parse_formula
+from hbm.frontend.priors import parse_prior
+from hbm.resolve.linear import resolve
+from hbm.data.table import TableInfo
 
 GOLDEN = Path(__file__).with_name("golden")
 UPDATE = os.environ.get("HBM_UPDATE_GOLDEN") == "1"

@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 
-from hbm import ast as A
+from hbm.frontend import ast as A
 from hbm.errors import HbmError
-from hbm.parse import ADDITIONS, LINKS, RHS_FUNCTIONS, _parser, parse_formula
+from hbm.frontend.parse import ADDITIONS, LINKS, RHS_FUNCTIONS, _parser, parse_formula
 
 CORPUS = Path(__file__).with_name("roundtrip_formulas.txt")
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,4 @@
-"""Variational guides (hbm/guides.py): the structured guide's algebra, its layout, and every guide
+"""Variational guides (hbm/engines/guides.py): the structured guide's algebra, its layout, and every guide
 run through hbm.fit on a hierarchical model."""
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pytest
 
 import hbm
 from hbm.errors import HbmError
-from hbm.guides import (GUIDES, AutoHierarchicalNormal, BlockArrowAffine, _scaled_unit_tril, guide_factory,
-                        plan_layout)
+from hbm.engines.guides import GUIDES, AutoHierarchicalNormal, BlockArrowAffine, _scaled_unit_tril, guide_factory, plan_layout
 from hbm.spec import load_spec
 
 
@@ -124,7 +123,7 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def small_model():
-    from hbm.simulate import simulate
+    from hbm.pipeline.simulate import simulate
     spec = load_spec(SPEC)
     df, truth = simulate(spec)
     return hbm.compile(spec, df), truth
@@ -216,7 +215,7 @@ def test_guide_names_are_checked():
 
 
 def test_mvn_refuses_a_large_latent_space(monkeypatch):
-    import hbm.guides as G
+    import hbm.engines.guides as G
     monkeypatch.setattr(G, "MVN_MAX", 3)
 
     def model():

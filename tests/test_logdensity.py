@@ -13,7 +13,7 @@ all agree.
 
 Priors are passed explicitly through ``resolve(priors=...)`` (every parameter,
 checked), except in the tests of the default priors, which rebuild the defaults
-from the rule in ``hbm.resolve._LinkScale``.
+from the rule in ``hbm.resolve.linear._LinkScale``.
 """
 from __future__ import annotations
 
@@ -30,13 +30,13 @@ from numpyro import handlers
 from numpyro.infer.util import log_density
 
 from hbm import ir
-from hbm.encode import encode
+from hbm.data.encode import encode
 from hbm.errors import HbmError
-from hbm.lower import make_model
-from hbm.parse import parse_formula
-from hbm.priors import Fixed, Prior
-from hbm.resolve import resolve
-from hbm.table import TableInfo
+from hbm.lowering.model import make_model
+from hbm.frontend.parse import parse_formula
+from hbm.frontend.priors import Fixed, Prior
+from hbm.resolve.linear import resolve
+from hbm.data.table import TableInfo
 
 RTOL, ATOL = 1e-5, 1e-3
 N = 240

@@ -26,11 +26,11 @@ from numpyro.infer.reparam import LocScaleReparam
 from numpyro.infer.util import log_density
 
 import hbm
-from hbm import nl_ast as N
-from hbm.ast import Response
+from hbm.frontend import nl_ast as N
+from hbm.frontend.ast import Response
 from hbm.errors import HbmError
-from hbm.parse import parse_formula, parse_nonlinear
-from hbm.simulate import simulate
+from hbm.frontend.parse import parse_formula, parse_nonlinear
+from hbm.pipeline.simulate import simulate
 from hbm.spec import load_spec
 
 FOUR_PL = "response ~ bottom + (top - bottom) / (1 + exp(hill * (log(dose) - log_ic50)))"
@@ -184,11 +184,11 @@ def test_names_follow_the_spec():
     sites = handlers.trace(handlers.seed(model.numpyro_model, 0)).get_trace(**model.data)
     assert {"p", "p:x", "r(p + p:x | plate)", "log(q):factor(f)", "r(log(q) | compound)", "sigma"} <= set(sites) | {
         s.removesuffix("_decentered") for s in sites}
-    from hbm.outputs import build_outputs
+    from hbm.results.outputs import build_outputs
     values = {k: np.asarray(v["value"])[None, None] for k, v in sites.items()
               if v["type"] in ("sample", "deterministic")}
     out = build_outputs(model.ir, values, model.encoding)
-    from hbm.results import element_names
+    from hbm.results.summary import element_names
     elements = [n for v in out.vars for n in element_names(v, out.coords, out.plate_dims)]
     assert {"p", "p:x", "sd(p | plate)", "p[plate=p0]", "p:x[plate=p3]", "log(q):factor(f)[u]",
             "q:factor(f)[u]", "log(q)[compound=c07]", "sigma"} <= set(elements)
@@ -403,7 +403,7 @@ def test_nuts_recovers_compound_ic50s_and_the_run_has_curves(tmp_path):
     lo, hi = s.loc["hill", ["q5", "q95"]]
     assert lo - 0.05 <= truth["hill"] <= hi + 0.05
 
-    from hbm.curves import curve_draws
+    from hbm.results.curves import curve_draws
     c = curve_draws(result, levels=["c00", "c07"], draws=50)
     assert c["by"] == "compound" and c["leaf"] == "log(dose)" and c["limit"] == "log(dose) = -inf"
     e = c["levels"]["c07"]
@@ -482,8 +482,8 @@ def log_prior(model, params):
 
 def elements(model, params) -> dict:
     """The named outputs (element name -> value) at one value of the model's latent sites."""
-    from hbm.outputs import build_outputs
-    from hbm.results import element_names
+    from hbm.results.outputs import build_outputs
+    from hbm.results.summary import element_names
     sites = handlers.trace(handlers.substitute(handlers.seed(model.numpyro_model, 0), data=params)).get_trace(
         model.rows, model.consts, mode="latent")
     values = {k: np.asarray(v["value"])[None, None] for k, v in sites.items()

@@ -16,7 +16,7 @@ from numpyro import handlers
 import hbm
 from hbm import cli
 from hbm.errors import HbmError
-from hbm.predict import Predictor, ir_from_dict, ir_to_dict
+from hbm.pipeline.predict import Predictor, ir_from_dict, ir_to_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = """
@@ -190,7 +190,7 @@ def test_factor_levels_and_transforms_use_the_fit(tmp_path):
     model = hbm.compile({"formula": "s | trials(n) ~ scale(x) + k", "family": "binomial",
                          "inference": {"steps": 50, "draws": 20, "engine": "map"}}, df)
     assert ir_from_dict(json.loads(json.dumps(ir_to_dict(model.ir)))) == model.ir
-    from hbm.results import OutputVar, Outputs
+    from hbm.results.summary import OutputVar, Outputs
     # hand-made draws: eta = 1 + 2 * scale(x) + [k = b] * 3
     outs = Outputs((OutputVar("Intercept", (), np.full((1, 2), 1.0)),
                     OutputVar("scale(x)", (), np.full((1, 2), 2.0)),
@@ -213,7 +213,7 @@ def test_offsets_and_models_without_groups():
     n = 100
     df = pd.DataFrame({"c": rng.poisson(3, n), "x": rng.normal(size=n), "e": rng.uniform(1, 3, n)})
     model = hbm.compile({"formula": "log(c) ~ x + offset(log(e))", "family": "poisson"}, df)
-    from hbm.results import OutputVar, Outputs
+    from hbm.results.summary import OutputVar, Outputs
     outs = Outputs((OutputVar("Intercept", (), np.full((1, 3), 0.5)), OutputVar("x", (), np.full((1, 3), 2.0))),
                    {}, frozenset())
     pred = Predictor.from_outputs(model.ir, model.encoding, {}, outs)

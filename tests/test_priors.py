@@ -9,7 +9,7 @@ import scipy.stats as st
 from hypothesis import given, settings, strategies as hs
 
 from hbm.errors import HbmError
-from hbm.priors import FAMILIES, Fixed, PerLevel, Prior, check_fixed, parse_prior, to_distribution
+from hbm.frontend.priors import FAMILIES, Fixed, PerLevel, Prior, check_fixed, parse_prior, to_distribution
 
 
 # jitted with the distribution as a pytree argument: one compile per family, not one per op
@@ -110,7 +110,7 @@ def test_parse_bad_values(value, message):
 
 
 def test_every_family_has_an_example_that_parses():
-    from hbm.priors import EXAMPLES
+    from hbm.frontend.priors import EXAMPLES
     assert set(EXAMPLES) == set(FAMILIES)
     for fam, ex in EXAMPLES.items():
         assert parse_prior(ex, "p").family == fam

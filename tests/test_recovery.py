@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import hbm
-from hbm.simulate import simulate
+from hbm.pipeline.simulate import simulate
 from hbm.spec import load_spec
 
 SEED_SPEC = {

@@ -1,4 +1,4 @@
-"""hbm.results and hbm.rundir: names, summaries, InferenceData files, run directories."""
+"""hbm.results and hbm.io.rundir: names, summaries, InferenceData files, run directories."""
 from __future__ import annotations
 
 import json
@@ -11,10 +11,8 @@ import pandas as pd
 import pytest
 
 from hbm.errors import HbmError
-from hbm.results import (OutputVar, Outputs, element_names, format_summary, load_netcdf,
-                         outputs_from_inference_data, save_netcdf, summarize,
-                         to_inference_data, var_name)
-from hbm.rundir import load_run, new_run_dir, save_fit, show_run, write_run
+from hbm.results.summary import OutputVar, Outputs, element_names, format_summary, load_netcdf, outputs_from_inference_data, save_netcdf, summarize, to_inference_data, var_name
+from hbm.io.rundir import load_run, new_run_dir, save_fit, show_run, write_run
 
 RNG = np.random.default_rng(1)
 

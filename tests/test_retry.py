@@ -1,11 +1,11 @@
-"""A NUTS run that is not trustworthy is run again, more carefully (hbm.fit.sampler_retry)."""
+"""A NUTS run that is not trustworthy is run again, more carefully (hbm.pipeline.fit.sampler_retry)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import pytest
 
-from hbm.fit import RETRY_ACCEPT, sampler_retry
+from hbm.pipeline.fit import RETRY_ACCEPT, sampler_retry
 from hbm.spec import InferenceSpec as Inference
 
 

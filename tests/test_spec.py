@@ -8,8 +8,8 @@ import yaml
 from hypothesis import given, settings, strategies as hs
 
 from hbm.errors import HbmError
-from hbm.parse import Fn
-from hbm.priors import Fixed, Prior
+from hbm.frontend.parse import Fn
+from hbm.frontend.priors import Fixed, Prior
 from hbm.spec import InferenceSpec, SimulateSpec, Spec, load_spec, prior_for
 
 SEED_SPEC = """\

@@ -1,4 +1,4 @@
-"""The subset check: the fit's engine against NUTS on whole groups of a subset (hbm.subset_check)."""
+"""The subset check: the fit's engine against NUTS on whole groups of a subset (hbm.pipeline.subset_check)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import hbm
-from hbm.subset_check import check_on_subset, compare_summaries, subset_rows
+from hbm.pipeline.subset_check import check_on_subset, compare_summaries, subset_rows
 
 RNG = np.random.default_rng(5)
 G = np.repeat(np.arange(40), 25)

@@ -15,7 +15,7 @@ def test_the_wheel_installs_into_a_fresh_environment_and_checks_a_spec(tmp_path)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(out), str(ROOT)], check=True, cwd=tmp_path, capture_output=True)
     wheel = next(out.glob("hbm-*.whl"))
-    assert "hbm/formula.lark" in zipfile.ZipFile(wheel).namelist()
+    assert "hbm/frontend/formula.lark" in zipfile.ZipFile(wheel).namelist()
     env = tmp_path / "fresh"
     subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
     py = env / "bin" / "python"

@@ -1,4 +1,4 @@
-"""The whitened population block (hbm.whiten) is an exact change of coordinates.
+"""The whitened population block (hbm.lowering.whiten) is an exact change of coordinates.
 
 The compiled model's log joint at a latent ``w`` equals the log joint of the same model with
 one sample site per coefficient at ``x = B_inv w + c``, plus ``log |det B_inv|`` (the
@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from numpyro.infer.util import log_density
 
-from hbm.compiler import compile_table
+from hbm.pipeline.compiled import compile_table
 from hbm.spec import load_spec
-from hbm.whiten import SITE, WhitenedPrior, block_members
+from hbm.lowering.whiten import SITE, WhitenedPrior, block_members
 
 RNG = np.random.default_rng(3)
 N = 300
@@ -103,7 +103,7 @@ def test_prior_draws_are_the_users_priors():
     white = _compiled("interaction", True)
     consts = white.consts["whiten"]
     members = block_members(white.ir)
-    from hbm.whiten import prior_runs
+    from hbm.lowering.whiten import prior_runs
     d = WhitenedPrior(prior_runs(members), consts["B_inv"], consts["c"], consts["log_det"])
     w = d.sample(jax.random.PRNGKey(0), (20000,))
     x = np.asarray(w @ consts["B_inv"].T + consts["c"], np.float64)
@@ -121,8 +121,8 @@ def test_prior_draws_are_the_users_priors():
 
 
 def test_sheared_intercepts():
-    """A varying intercept beside varying slopes is drawn sheared (``hbm.whiten.shear_plan``)."""
-    from hbm.whiten import shear_plan
+    """A varying intercept beside varying slopes is drawn sheared (``hbm.lowering.whiten.shear_plan``)."""
+    from hbm.lowering.whiten import shear_plan
     white = _compiled("poisson_chain", True)
     plan = shear_plan(white.ir)
     assert list(plan) == ["g"] and plan["g"].intercept == "Intercept[g]"

@@ -123,7 +123,7 @@ def load_table(case: Case):
         spec.loader.exec_module(mod)
         return mod.load()
     from hbm import load_spec
-    from hbm.table import read_table
+    from hbm.data.table import read_table
     spec = load_spec(case.spec_path)
     return read_table(spec.data or Path(case.folder) / "data.csv")
 
@@ -153,7 +153,7 @@ def _set_keys(overrides: list[str]) -> set[str]:
 
 def run_case(case: Case, engine: str | None = None, sets: list[str] = (), subset: bool = False) -> dict:
     """Compile and fit one case and judge it; never raises (a failed fit is a failed case).
-    ``subset``: a variational fit also gets ``hbm.subset_check``'s verdict (``subset_trusted``)."""
+    ``subset``: a variational fit also gets ``hbm.pipeline.subset_check``'s verdict (``subset_trusted``)."""
     import hbm
     out = {"case": case.name, "source": case.source, "engine": engine, "passed": False, "error": None,
            "n_elements": None, "worst_mean_err": None, "worst_mean_element": None,
@@ -188,7 +188,7 @@ def run_case(case: Case, engine: str | None = None, sets: list[str] = (), subset
         out.update(_verdict(result))
         out["convergence"] = _convergence(result, summary)
         if subset and result.kind != "sampler":
-            from hbm.subset_check import check_on_subset
+            from hbm.pipeline.subset_check import check_on_subset
             t0 = time.perf_counter()
             check = check_on_subset(result, data)
             out.update(subset_verdict=check["verdict"], subset_trusted=check["trustworthy"],
@@ -204,7 +204,7 @@ def run_case(case: Case, engine: str | None = None, sets: list[str] = (), subset
 def _verdict(result) -> dict:
     """The verdict ``hbm fit`` prints under its summary (PSIS for variational fits, R-hat/ESS/divergences
     for samplers), and whether it says the fit can be trusted; None for engines without one (MAP)."""
-    from hbm.diagnostics import report_lines
+    from hbm.results.diagnostics import report_lines
     diag = result.diagnostics
     if not diag:
         return {"verdict": None, "trusted": None, "pareto_k": None}
@@ -421,7 +421,7 @@ def markdown(report: dict) -> str:
             lines.append(f"| {row} | {t[row]['pass']} | {t[row]['fail']} |")
     if "subset_x_rule" in s:
         t = s["subset_x_rule"]
-        lines += ["", "Subset check (`hbm.subset_check`: the same engine against NUTS on a subset):", "",
+        lines += ["", "Subset check (`hbm.pipeline.subset_check`: the same engine against NUTS on a subset):", "",
                   "| subset verdict \\ rule | pass | fail |", "| --- | ---: | ---: |"]
         for row in ("trusted", "not trusted"):
             lines.append(f"| {row} | {t[row]['pass']} | {t[row]['fail']} |")
@@ -462,7 +462,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the full results as JSON")
     p.add_argument("--markdown", type=Path, default=None, help="write a RESULTS.md section")
     p.add_argument("--subset-check", action="store_true",
-                   help="variational fits also get the subset check's verdict (hbm.subset_check)")
+                   help="variational fits also get the subset check's verdict (hbm.pipeline.subset_check)")
     p.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
                    help="fit nothing: write the markdown of a saved --out file (to --markdown, else stdout)")
     args = p.parse_args(argv)

@@ -4,9 +4,9 @@
     >>> get_engine("svi").name
     'svi'
 """
-from .base import Engine, EngineResult, FitProblem, latent_site_names
-from .optim import build_optimizer, build_optax
-from .registry import available_engines, get_engine
+from hbm.engines.base import Engine, EngineResult, FitProblem, latent_site_names
+from hbm.engines.optim import build_optimizer, build_optax
+from hbm.engines.registry import available_engines, get_engine
 
 __all__ = ["Engine", "EngineResult", "FitProblem", "available_engines", "build_optax",
            "build_optimizer", "get_engine", "latent_site_names"]

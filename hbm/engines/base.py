@@ -77,30 +77,6 @@ def to_numpy(tree: dict) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in tree.items()}
 
 
-def split_kwargs(kwargs: dict) -> tuple[list, Callable[[list], dict]]:
-    """Array leaves of ``kwargs`` (jit arguments) and a function rebuilding ``kwargs`` from them.
-
-    Arrays go through ``jit`` as arguments, not as baked-in constants (large data,
-    device sharding); NumPy arrays are put on the device once, here, not at every
-    call. Everything else stays static.
-    """
-    import jax
-
-    leaves, treedef = jax.tree.flatten(kwargs)
-    idx = [i for i, x in enumerate(leaves)
-           if isinstance(x, (jax.Array, np.ndarray)) and np.dtype(x.dtype).kind in "biufc"]
-    leaves = [jax.device_put(x) if i in idx and isinstance(x, np.ndarray) else x
-              for i, x in enumerate(leaves)]
-
-    def rebuild(dyn: list) -> dict:
-        out = list(leaves)
-        for i, v in zip(idx, dyn):
-            out[i] = v
-        return jax.tree.unflatten(treedef, out)
-
-    return [leaves[i] for i in idx], rebuild
-
-
 def compile_once(fn: Callable, *args, fast: bool = False):
     """``jit(fn)`` compiled ahead of time for ``args``.
 
@@ -131,3 +107,10 @@ def _init_site(site=None, base=None):
     if site["type"] == "sample" and not site["is_observed"] and start is not None:
         return start
     return base(site)
+
+def latent_names(guide) -> list[str]:
+    """The model's latent sample sites, from a guide whose prototype is set up."""
+    return [n for n, s in guide.prototype_trace.items()
+            if s["type"] == "sample" and not s["is_observed"]
+            and not s.get("infer", {}).get("is_auxiliary", False)]
+

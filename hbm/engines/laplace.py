@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import HbmError
-from .base import EngineResult, FitProblem, Progress
-from .svi import guide_draws, run_svi
+from hbm.errors import HbmError
+from hbm.engines.base import EngineResult, FitProblem, Progress
+from hbm.engines.svi import guide_draws, run_svi
+from hbm.engines.marginal import read_options, run_marginal, split_sites
 
 MAX_LATENT = 20000
 
@@ -40,7 +41,6 @@ class LaplaceEngine:
         from numpyro.infer import Trace_ELBO
         from numpyro.infer.autoguide import AutoLaplaceApproximation
 
-        from .marginal import read_options, run_marginal, split_sites
 
         opts = read_options(config, self.name)
         if opts.group_effects == "integrate":

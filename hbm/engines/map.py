@@ -20,8 +20,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .base import EngineResult, FitProblem, Progress
-from .svi import guide_draws, guide_factory, run_svi
+from hbm.engines.base import EngineResult, FitProblem, Progress
+from hbm.engines.svi import guide_draws, guide_factory, run_svi
+from hbm.engines.marginal import read_options, run_marginal, split_sites
 
 
 class MAPEngine:
@@ -32,7 +33,6 @@ class MAPEngine:
     def fit(self, problem: FitProblem, config: Any, progress: Progress | None = None) -> EngineResult:
         from numpyro.infer import Trace_ELBO
 
-        from .marginal import read_options, run_marginal, split_sites
 
         opts = read_options(config, self.name)
         if opts.group_effects == "integrate":

@@ -51,8 +51,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import HbmError, did_you_mean
-from .base import EngineResult, FitProblem, Progress, compile_once, split_kwargs
+from hbm.errors import HbmError, did_you_mean
+from hbm.engines.base import EngineResult, FitProblem, Progress, compile_once
+from hbm.data.batching import split_kwargs
+from hbm.data.batching import batch_stream
 
 # Measured roughly on a shared 2-core CPU, y ~ x + (1 | g) with 10 rows a group: one evaluation of
 # the objective and its gradient (2 Hessians in u, the log det's gradient) takes ~0.7 s with 250
@@ -141,7 +143,6 @@ def split_sites(model: Callable, model_kwargs: dict) -> SiteSplit:
     import jax
     from numpyro import handlers
 
-    from ..batching import batch_stream
 
     theta, u, shapes = [], [], {}
 
@@ -513,7 +514,6 @@ def fit_marginal(problem: FitProblem, config: Any, split: SiteSplit, opts: Margi
 
 def point_samples(fit: MarginalFit) -> dict[str, np.ndarray]:
     """Every latent site at ``(theta*, u*)``, constrained: ``(1, 1, *shape)``."""
-    import jax
     import jax.numpy as jnp
 
     mp = fit.mp
@@ -545,7 +545,6 @@ def theta_hessian(fit: MarginalFit, h: float = 1e-4) -> np.ndarray:
 
 def laplace_draws(fit: MarginalFit, draws: int, seed: int, conditional: str) -> tuple[dict, dict]:
     """``draws`` samples of every latent site, ``(1, draws, *shape)``, and facts for ``info``."""
-    import jax
     import jax.numpy as jnp
 
     mp, d, n = fit.mp, fit.theta.size, fit.mp.n_u
@@ -612,8 +611,6 @@ def laplace_draws(fit: MarginalFit, draws: int, seed: int, conditional: str) -> 
 
 def _exact_conditional(fit: MarginalFit, thetas: np.ndarray, eps_u: np.ndarray, start: np.ndarray) -> np.ndarray:
     """``u | theta ~ N(u*(theta), A(theta)^-1)`` for each draw of ``theta``, Newton from ``start``."""
-    import jax
-    import jax.numpy as jnp
     from jax.scipy.linalg import solve_triangular
 
     mp = fit.mp

@@ -7,7 +7,7 @@ there are at least as many local devices as chains. (NumPyro's own
 models.) ``sample_stats`` holds, per chain and draw: ``diverging``,
 ``accept_prob``, ``num_steps`` (leapfrog steps, the tree size), ``energy`` and
 ``step_size``.
-Given a ``checkpoint`` (:class:`hbm.checkpoint.Checkpointer`), chains run one after
+Given a ``checkpoint`` (:class:`hbm.io.checkpoint.Checkpointer`), chains run one after
 another save each finished chain, and a resumed fit runs only the chains not saved.
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import EngineResult, FitProblem, Progress, compile_once, hbm_init, latent_site_names, split_kwargs
+from hbm.engines.base import EngineResult, FitProblem, Progress, compile_once, hbm_init, latent_site_names
+from hbm.data.batching import split_kwargs
 
 EXTRA_FIELDS = {"diverging": "diverging", "accept_prob": "accept_prob", "num_steps": "num_steps",
                 "energy": "energy", "adapt_state.step_size": "step_size"}

@@ -15,8 +15,8 @@ import functools
 import inspect
 from typing import Any, Callable
 
-from ..errors import HbmError, did_you_mean
-from ..parse import Fn, parse_call
+from hbm.errors import HbmError, did_you_mean
+from hbm.frontend.parse import Fn, parse_call
 
 # take a learning rate but cannot run under numpyro's SVI (need extra update arguments)
 # or are building blocks rather than optimizers

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
 
-from ..errors import HbmError, did_you_mean
-from .base import Engine
+from hbm.errors import HbmError, did_you_mean
+from hbm.engines.base import Engine
 
 GROUP = "hbm.engines"
 BUILTIN: dict[str, str] = {

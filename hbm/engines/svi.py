@@ -34,7 +34,7 @@ not finite the fit stops and raises :class:`HbmError` naming the step, with
 the last parameters that gave a finite loss as ``err.last_state`` (constrained
 guide parameters, NumPy) and the loss history as ``err.loss``.
 
-Checkpoints (``checkpoint=``, an :class:`hbm.checkpoint.Checkpointer`): the SVI
+Checkpoints (``checkpoint=``, an :class:`hbm.io.checkpoint.Checkpointer`): the SVI
 state and the loop's state are saved between pieces of a block, as often as
 ``inference.checkpoint_every`` / ``checkpoint_seconds`` say, at the end, and at a
 non-finite loss (the last good state); a fit given a checkpoint that holds a state
@@ -52,11 +52,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import HbmError, did_you_mean
-from .base import EngineResult, FitProblem, Progress, compile_once, hbm_init, split_kwargs, to_numpy
-from .optim import build_optimizer
+from hbm.errors import HbmError, did_you_mean
+from hbm.engines.base import EngineResult, FitProblem, Progress, compile_once, hbm_init, to_numpy
+from hbm.data.batching import split_kwargs
+from hbm.engines.guides import guide_factory
+from hbm.engines.optim import build_optimizer
+from hbm.engines.base import latent_names
+from hbm.data.batching import batch_stream
+from hbm.engines.importance import guide_draws_weighted
 
-from ..guides import GUIDES, guide_factory  # noqa: E402,F401  (guides live in hbm/guides.py)
 
 LOSSES = ("elbo", "renyi")
 MOVE_TOL = 0.05     # the stopping rule's largest movement of an estimate per block, in posterior sds
@@ -120,7 +124,7 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
             checkpoint: Any = None) -> SVIFit:
     """Optimise ``factory``'s guide for ``problem`` (see the module docstring for the rules).
 
-    ``checkpoint`` (an :class:`hbm.checkpoint.Checkpointer`): continue from its saved
+    ``checkpoint`` (an :class:`hbm.io.checkpoint.Checkpointer`): continue from its saved
     state if it has one, and save the state as it says, at the end, and at a non-finite loss.
     """
     import jax
@@ -132,8 +136,7 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     optim = build_optimizer(config.optimizer_fn)
     model = problem.model
     dyn, rebuild = split_kwargs(problem.model_kwargs)
-    from ..batching import batch_stream
-    stream = batch_stream(problem.model_kwargs)  # minibatches (hbm.batching): chunk b for block b
+    stream = batch_stream(problem.model_kwargs)  # minibatches (hbm.data.batching): chunk b for block b
     steps = int(config.steps)
     if steps < 1:
         raise HbmError(f"steps must be at least 1, got {steps}", where="inference.steps")
@@ -316,13 +319,6 @@ def _raise_non_finite(step: int, state, loss: np.ndarray, in_trace: Callable, sa
     raise err
 
 
-def latent_names(guide) -> list[str]:
-    """The model's latent sample sites, from a guide whose prototype is set up."""
-    return [n for n, s in guide.prototype_trace.items()
-            if s["type"] == "sample" and not s["is_observed"]
-            and not s.get("infer", {}).get("is_auxiliary", False)]
-
-
 def guide_draws(fit: SVIFit, seed: int, draws: int, *, per_draw: Callable | None = None, fast: bool = True):
     """``draws`` samples of every latent site from the fitted guide: ``(1, draws, *shape)`` NumPy arrays.
 
@@ -376,7 +372,6 @@ class SVIEngine:
         if guide == "delta":  # a point mass has no density to weigh draws by
             samples, _ = guide_draws(fit, int(config.seed) + 1, int(config.draws))
         else:  # each draw with its log importance weight, for hbm.diagnostics (PSIS)
-            from ..diagnostics import guide_draws_weighted
             samples, log_w, log_q = guide_draws_weighted(fit, int(config.seed) + 1, int(config.draws))
             if log_w is not None:
                 stats["log_weight"] = log_w[None]

@@ -1,0 +1,454 @@
+"""The ``hbm`` command line: fit (and fit --resume), check, show, predict, simulate.
+
+Every bad input ends in a message and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from hbm.errors import HbmError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: same shape and status as ours
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="hbm", description="Compile and fit hierarchical Bayesian models.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    f = sub.add_parser("fit", help="fit a spec to data and write a run directory")
+    f.add_argument("spec", nargs="?")
+    f.add_argument("data", nargs="?")
+    f.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted fit from its last checkpoint (RUN_DIR or RUN_DIR.partial)")
+    f.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
+    f.add_argument("--engine")
+    f.add_argument("--steps", type=int)
+    f.add_argument("--devices")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key, e.g. --set inference.draws=500")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    f.add_argument("--check-subset", action="store_true",
+                   help="a variational fit is also checked against NUTS on a subset of whole groups "
+                        "(hbm.pipeline.subset_check); its verdict is printed and kept in fit.json")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.add_argument("--distributed", action="store_true",
+                   help="one of several processes fitting together (hbm.pipeline.distributed); with --coordinator, "
+                        "--num-processes, --process-id or HBM_COORDINATOR, HBM_NUM_PROCESSES, HBM_PROCESS_ID")
+    f.add_argument("--coordinator", metavar="HOST:PORT")
+    f.add_argument("--num-processes", type=int)
+    f.add_argument("--process-id", type=int)
+
+    c = sub.add_parser("check", help="parse, validate and describe the model; no fitting")
+    c.add_argument("spec")
+    c.add_argument("data", nargs="?")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    s = sub.add_parser("show", help="print the summary of a finished fit")
+    s.add_argument("run_dir")
+
+    k = sub.add_parser("compare", help="compare a fit's posterior with a reference fit's (say SVI with NUTS)")
+    k.add_argument("run_a", help="the run to judge")
+    k.add_argument("run_b", help="the reference run")
+    k.add_argument("--out", metavar="DIR", help="where compare.csv and compare.png go (default: RUN_A)")
+
+    q = sub.add_parser("predict", help="posterior predictions for new rows from a finished fit")
+    q.add_argument("run_dir")
+    q.add_argument("data")
+    q.add_argument("--out", help="output file (.parquet or .csv); default: CSV on stdout")
+    q.add_argument("--draws", action="store_true",
+                   help="write the draws themselves (one column per draw) instead of summaries")
+    q.add_argument("--what", default="response", choices=("response", "mean", "eta"),
+                   help="response: posterior predictive draws of y (default); mean: E[y]; "
+                        "eta: the linear predictor")
+    q.add_argument("--seed", type=int, default=0)
+
+    m = sub.add_parser("simulate", help="write synthetic data drawn from the spec")
+    m.add_argument("spec")
+    m.add_argument("--rows", type=int)
+    m.add_argument("--seed", type=int)
+    m.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "fit" and args.resume:
+            return cmd_resume(args)
+        return {"fit": cmd_fit, "check": cmd_check, "show": cmd_show, "predict": cmd_predict,
+                "compare": cmd_compare, "simulate": cmd_simulate}[args.command](args)
+    except HbmError as e:
+        print(e.render(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a bug in hbm, not bad input: say so briefly
+        if os.environ.get("HBM_DEBUG"):
+            raise
+        print(f"internal error: {type(e).__name__}: {e}\n  = this is a bug in hbm; rerun with HBM_DEBUG=1 "
+              "for the traceback and report it", file=sys.stderr)
+        return 1
+
+
+def _spec(args):
+    from hbm.spec import load_spec
+    spec = load_spec(args.spec)
+    overrides = _overrides(args)
+    return spec.with_overrides(overrides) if overrides else spec
+
+
+def _overrides(args) -> list[str]:
+    overrides = list(getattr(args, "set", []) or [])
+    for key in ("engine", "steps"):
+        if getattr(args, key, None) is not None:
+            overrides.append(f"inference.{key}={getattr(args, key)}")
+    if getattr(args, "devices", None) is not None:
+        overrides.append(f"devices={args.devices}")
+    return overrides
+
+
+def _data_arg(args):
+    if args.data is None:
+        return None
+    if not Path(args.data).exists():
+        raise HbmError(f"data file not found: {args.data}", where="DATA argument")
+    return args.data
+
+
+def cmd_check(args) -> int:
+    from hbm.pipeline.compiled import compile_table
+    from hbm.pipeline.compile import load_data
+    spec = _spec(args)
+    _check_inference(spec)
+    df, source = load_data(spec, _data_arg(args))
+    model = compile_table(spec, df)
+    print(f"spec      {spec.source_path or '(inline)'}   data: {source}")
+    print(model.describe())
+    engine = spec.inference.engine
+    if engine == "auto":
+        from hbm.pipeline.fit import choose_engine
+        name, why = choose_engine(model)
+        engine = f"auto: {name} ({why})"
+    print(f"inference {engine}")
+    return 0
+
+
+def _check_inference(spec) -> None:
+    """The engine and optimizer named in the spec exist (found now, not after compiling)."""
+    from hbm.engines.optim import build_optimizer
+    from hbm.engines.registry import get_engine
+    if spec.inference.engine != "auto":
+        get_engine(spec.inference.engine)
+    build_optimizer(spec.inference.optimizer_fn)
+
+
+def cmd_fit(args) -> int:
+    if getattr(args, "distributed", False):
+        return _fit_distributed(args)
+    from hbm.io.checkpoint import is_locked, partial_dir
+    from hbm.pipeline.compiled import compile_table
+    from hbm.pipeline.compile import load_data
+    from hbm.io.rundir import new_run_dir
+    if args.spec is None:
+        raise HbmError("hbm fit needs a SPEC file", where="command line",
+                       hint="hbm fit SPEC [DATA], or hbm fit --resume RUN_DIR to continue an interrupted fit")
+    spec = _spec(args)
+    _check_inference(spec)
+    run_dir = new_run_dir(args.out, spec.name, overwrite=args.overwrite)
+    if partial_dir(run_dir).exists():
+        if is_locked(partial_dir(run_dir)):
+            raise HbmError(f"another hbm process is fitting {run_dir} right now (in {partial_dir(run_dir)})",
+                           hint="wait for it to finish, or choose another --out")
+        if not args.overwrite:
+            raise HbmError(f"an interrupted fit of {run_dir} is in {partial_dir(run_dir)}",
+                           hint=f"continue it with `hbm fit --resume {run_dir}`, or pass --overwrite to "
+                                "start again")
+    t0 = time.perf_counter()
+    data = _data_arg(args)
+    df, source = load_data(spec, data)
+    model = compile_table(spec, df)
+    compile_s = time.perf_counter() - t0
+    data_path = str(Path(data).resolve()) if data is not None else spec.data
+    resume = {"data": data_path, "source": str(source), "fingerprint": model.fingerprint,
+              "run_dir": str(run_dir), "overwrite": bool(args.overwrite)}
+    return _fit_and_save(args, spec, model, source, run_dir, compile_s, resume, table=df)
+
+
+def _fit_distributed(args) -> int:
+    """``hbm fit ... --distributed``: every process fits; process 0 reports and writes the run."""
+    import dataclasses
+
+    import jax
+
+    from hbm.io.rundir import new_run_dir
+    from hbm.pipeline.distributed import compile_file, initialize
+    from hbm.pipeline.fit import fit
+    from hbm.results.summary import format_summary
+    initialize(args.coordinator, args.num_processes, args.process_id)
+
+    spec = _spec(args)
+    writer = jax.process_index() == 0
+    if args.out is None:
+        raise HbmError("--distributed needs --out: every process must name the same run directory",
+                       where="--out")
+    run_dir = new_run_dir(args.out, spec.name, overwrite=args.overwrite) if writer else Path(args.out)
+    data = _data_arg(args) or spec.data
+    if data is None:
+        raise HbmError("--distributed needs a Parquet data file", where="data")
+    t0 = time.perf_counter()
+    model = compile_file(spec, data)
+    compile_s = time.perf_counter() - t0
+    if writer:
+        print(f"compiled {spec.name}: {model.n_rows:,} rows from {data} over {jax.process_count()} processes, "
+              f"{model.n_devices} devices ({compile_s:.1f} s)", file=sys.stderr)
+    bar = ProgressBar(spec.inference.engine) if writer and not args.quiet else None
+    result = fit(model, progress=bar)
+    if bar:
+        bar.close()
+    if not writer:
+        return 0
+    result.timings["compile_model_s"] = compile_s
+    print(format_summary(result.summary()))
+    # the run directory's observed data: every row's response, in the file's order
+    result.model = dataclasses.replace(model, rows={"y": model.observed_y})
+    path = result.save(run_dir, overwrite=args.overwrite)
+    print(f"results written to {path}")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from hbm.io.checkpoint import read_partial
+    from hbm.pipeline.compiled import compile_table
+    from hbm.pipeline.compile import load_data
+    from hbm.spec import load_spec
+    if args.spec is not None:
+        raise HbmError("--resume continues a fit with the spec it was started with; give no SPEC",
+                       where="command line", hint="change settings with --set key=value")
+    part, run_dir, spec_dict, info = read_partial(args.resume)
+    if args.out is not None and Path(args.out).resolve() != run_dir.resolve():
+        raise HbmError(f"--out {args.out} differs from the run directory {run_dir} of the interrupted fit",
+                       where="--out")
+    spec = load_spec(spec_dict)
+    overrides = _overrides(args)
+    if overrides:
+        spec = _resume_overrides(spec, overrides)
+    overwrite = bool(args.overwrite or info.get("overwrite"))
+    from hbm.io.rundir import _check_target
+    _check_target(run_dir, overwrite)
+    t0 = time.perf_counter()
+    data = args.data if args.data is not None else info.get("data")
+    if data is not None and not Path(data).exists():
+        raise HbmError(f"the data of the interrupted fit is gone: {data}", where="data",
+                       hint="give the same data again: hbm fit --resume RUN_DIR DATA")
+    df, source = load_data(spec, data)
+    model = compile_table(spec, df)
+    if info.get("fingerprint") and model.fingerprint != info["fingerprint"]:
+        raise HbmError(f"the data differs from the data the interrupted fit started with ({source})",
+                       where="data", hint="resume with the same data, or start a new fit")
+    compile_s = time.perf_counter() - t0
+    args.overwrite = overwrite
+    return _fit_and_save(args, spec, model, source, run_dir, compile_s, dict(info), part=part, table=df)
+
+
+RESUMABLE = ("inference.steps", "inference.optimizer", "inference.tolerance", "inference.draws",
+             "inference.checkpoint_every", "inference.checkpoint_seconds", "devices")
+
+
+def _resume_overrides(spec, overrides: list[str]):
+    """``spec`` with ``overrides``, which may change how the fit goes on, never what is fitted."""
+    new = spec.with_overrides(overrides)
+    before, after = spec.to_dict(), new.to_dict()
+    for key in RESUMABLE:
+        head, _, rest = key.partition(".")
+        for d in (before, after):
+            if rest:
+                d[head].pop(rest, None)
+            else:
+                d.pop(head, None)
+    if before != after:
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        if changed[0] == "inference":
+            a, b = before["inference"], after["inference"]
+            changed = sorted(f"inference.{k}" for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise HbmError(f"--resume cannot change '{changed[0]}': the saved state belongs to the model "
+                       "and settings the fit started with", where="--set",
+                       hint="a resumed fit may change only " + ", ".join(RESUMABLE))
+    return new
+
+
+def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, part=None, table=None) -> int:
+    """Fit with checkpoints in ``<run_dir>.partial``, write the run directory, remove the partial one."""
+    from hbm.io.checkpoint import Checkpointer, lock_partial, remove_partial, start_partial, write_resume_info
+    from hbm.pipeline.fit import fit
+    from hbm.results.summary import format_summary
+    print(f"compiled {spec.name}: {model.n_rows:,} rows from {source}, "
+          + ", ".join(f"{p.name} {p.size:,}" for p in model.ir.plates) + f" ({compile_s:.1f} s)",
+          file=sys.stderr)
+    if part is None:
+        part = start_partial(run_dir, spec.to_dict(), overwrite=args.overwrite)
+        lock = lock_partial(part)
+    else:
+        lock = lock_partial(part)
+        from hbm.io.checkpoint import SPEC_FILE, atomic_write
+        import yaml
+        from hbm.io.rundir import _plain
+        atomic_write(part / SPEC_FILE, yaml.safe_dump(_plain(spec.to_dict()), sort_keys=False))
+    write_resume_info(part, resume)
+    print(f"checkpoints in {part} (after a crash: hbm fit --resume {run_dir})", file=sys.stderr)
+    ckpt = Checkpointer.from_config(part, spec.inference)
+    bar = None if args.quiet else ProgressBar(spec.inference.engine)
+    try:
+        result = fit(model, progress=bar, checkpoint=ckpt)
+    except BaseException as e:
+        if bar:
+            bar.close()
+        if ckpt.saves == 0 and ckpt.resumed_from is None and not _holds_state(part):
+            remove_partial(part)   # nothing worth keeping: leave no litter
+        elif isinstance(e, KeyboardInterrupt):
+            print(f"the fit's last checkpoint is in {part}; continue with `hbm fit --resume {run_dir}`",
+                  file=sys.stderr)
+        if lock is not None:
+            lock.close()
+        raise
+    if bar:
+        bar.close()
+    result.timings["compile_model_s"] = compile_s
+    print(format_summary(result.summary()))
+    info = result.engine.info
+    if "converged" in info:
+        print(f"\n{result.config.engine}: {info.get('steps_run', '?')} steps, "
+              + ("converged" if info["converged"] else f"stopped: {info.get('stop_reason', '?')}"))
+    if "retried" in info:
+        r = info["retried"]
+        print(f"\n{result.config.engine}: ran {len(r['earlier_runs'])} more time(s), last with target_accept "
+              f"{result.config.target_accept:g}, {result.config.warmup} warmup and {result.config.samples} draws "
+              f"per chain (" + "; then ".join(e["reason"] for e in r["earlier_runs"]) + ")")
+    from hbm.results.diagnostics import report_lines
+    for line in report_lines(getattr(result, "diagnostics", None)):
+        print(line)
+    if getattr(args, "check_subset", False) and result.kind != "sampler" and table is not None:
+        from hbm.pipeline.subset_check import check_on_subset
+        check = check_on_subset(result, table)
+        result.diagnostics = {**(result.diagnostics or {}), "subset_check": check}
+        print(check["verdict"])
+        print(check["overall"])
+    path = result.save(run_dir, overwrite=args.overwrite)
+    remove_partial(part)
+    if lock is not None:
+        lock.close()
+    print(f"results written to {path}")
+    return 0
+
+
+def _holds_state(part: Path) -> bool:
+    return (part / "svi.npz").exists() or any(part.glob("chain-*.npz"))
+
+
+def cmd_predict(args) -> int:
+    from hbm.pipeline.predict import Predictor, draws_frame
+    from hbm.io.rundir import write_new_file
+    from hbm.data.table import read_table
+    out = Path(args.out) if args.out else None
+    if args.draws and out is None:
+        raise HbmError("--draws writes a table with one column per draw: give --out FILE.parquet",
+                       where="--out")
+    if out is not None:
+        if out.exists():
+            raise HbmError(f"{out} exists; predict never writes over a file", where="--out",
+                           hint="choose another name, or remove the file first")
+        if out.suffix.lower() not in (".parquet", ".pq", ".csv"):
+            raise HbmError(f"cannot tell which format to write from '{out.name}'", where="--out",
+                           hint="name the output .parquet or .csv")
+    pred = Predictor.from_run(args.run_dir)
+    df = read_table(_data_arg(args))
+    res = pred.predict(df, what=args.what, seed=args.seed, draws=args.draws)
+    if args.draws:
+        res = draws_frame(res)
+    res = res.reset_index(drop=True)
+    res.insert(0, "row", range(len(res)))
+    if out is None:
+        res.to_csv(sys.stdout, index=False, float_format="%.6g")
+        return 0
+    if out.suffix.lower() == ".csv":
+        write_new_file(out, lambda p: res.to_csv(p, index=False, float_format="%.8g"))
+    else:
+        write_new_file(out, lambda p: res.to_parquet(p, index=False))
+    n_new = int((res["new_levels"] != "").sum()) if "new_levels" in res else 0
+    print(f"wrote {'draws' if args.draws else 'predictions'} for {len(res):,} rows to {out}"
+          + (f" ({n_new:,} with levels the fit never saw)" if n_new else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from hbm.pipeline.compare import compare_runs, format_comparison, output_paths, write_comparison
+    csv, png = output_paths(args.run_a, args.out)   # checked before the work: never over a file
+    cmp = compare_runs(args.run_a, args.run_b)
+    print(format_comparison(cmp))
+    write_comparison(cmp, csv, png)
+    print(f"table written to {csv}, plot to {png}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from hbm.io.rundir import show_run
+    print(show_run(args.run_dir))
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from hbm.pipeline.simulate import simulate_table
+    spec = _spec(args)
+    out = Path(args.out)
+    if out.exists():
+        raise HbmError(f"{out} exists; simulate never overwrites a file", where="--out")
+    df = simulate_table(spec, rows=args.rows, seed=args.seed)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    suffix = out.suffix.lower()
+    if suffix == ".csv":
+        df.to_csv(tmp, index=False)
+    elif suffix in (".arrow", ".feather", ".ipc"):
+        df.to_feather(tmp)
+    else:
+        df.to_parquet(tmp, index=False)
+    os.replace(tmp, out)
+    print(f"wrote {len(df):,} rows to {out}")
+    return 0
+
+
+class ProgressBar:
+    """One line on stderr, redrawn per block of steps: bar, step, running loss, elapsed time."""
+
+    def __init__(self, label: str, width: int = 28):
+        self.label, self.width, self.t0 = label, width, time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, step: int, total: int, loss: float | None) -> None:
+        now = time.perf_counter()
+        if not self.tty and now - self.last < 2.0 and step < total:
+            return
+        self.last = now
+        filled = int(self.width * step / max(total, 1))
+        text = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {step}/{total}"
+                + (f"  loss {loss:.5g}" if loss is not None else "") + f"  {now - self.t0:.1f}s")
+        print(("\r" + text) if self.tty else text, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Encode a non-linear IR: each parameter's arrays, the data leaves and the limits' row masks."""
+from __future__ import annotations
+
+import numpy as np
+from hbm.frontend import ast as A
+from hbm.data.encode import Encoding, encode
+from hbm.data.table import TableInfo
+from hbm.ir.nonlinear import NonlinearIR
+from hbm.ir.nonlinear import evaluate
+from hbm.vocabulary.functions import NP_OPS
+
+def parameter_table(info: TableInfo, name: str, source: str, bound: str, scale: float) -> TableInfo:
+    """The table as a parameter's formula ``name ~ ...`` sees it: a stand-in response named after
+    the parameter, with mean 0 and the scale its default priors take (the response's sd for a real
+    parameter, 1 for a bounded one)."""
+    s = scale if bound == "real" else 1.0
+    v = np.resize(np.array([s, -s]), info.n)
+    if info.n % 2 and info.n >= 3:
+        v[-3:] = (s * 1.5 ** 0.5, -s * 1.5 ** 0.5, 0.0)
+    return info.view(source, {name: v})
+
+
+# ---------------------------------------------------------------------- encode
+def encode_nonlinear(model: NonlinearIR, info: TableInfo) -> tuple[dict, dict, Encoding]:
+    """(rows, consts, encoding): the response, each parameter's arrays, the data leaves (finite:
+    a typical value stands in where a leaf is infinite) and one row mask per limit."""
+    resp = model.response
+    rows: dict = {"y": info.numeric(A.Var(resp.column)).astype(np.float32)}
+    for key in ("trials", "se", "weights"):
+        col = getattr(resp, key)
+        if col:
+            rows[key] = info.numeric(A.Var(col)).astype(np.float32)
+    rows["params"], consts = {}, {"params": {}}
+    labels, factors = {}, {}
+    for p in model.params:
+        src = f"{p.name} ~ {p.formula}"
+        r, c, enc = encode(p.model, parameter_table(info, p.name, src, p.bound, 1.0))
+        r.pop("y")
+        rows["params"][p.name], consts["params"][p.name] = r, c
+        labels.update(enc.labels)
+        factors.update(enc.factor_levels)
+    with np.errstate(all="ignore"):  # infinities were checked by the resolver: they have limits
+        values = {d.text: np.asarray(evaluate(d.expr, NP_OPS, lambda col: info.numeric(A.Var(col.name))),
+                                     np.float64) for d in model.leaves}
+    rows["data"] = {}
+    for text, v in values.items():
+        finite = np.isfinite(v)
+        typical = float(np.median(v[finite])) if finite.any() else 0.0
+        rows["data"][text] = np.where(finite, v, typical).astype(np.float32)
+    rows["limits"] = {}
+    for lim in model.limits:
+        mask = np.ones(info.n, bool)
+        for text in values:
+            want = dict(lim.infinite).get(text)
+            mask &= np.isfinite(values[text]) if want is None else (values[text] == want)
+        rows["limits"][lim.key] = mask
+    return rows, consts, Encoding(labels, dict(info.stats), factors)
+

@@ -1,0 +1,224 @@
+"""The data table as the compiler sees it: columns, kinds, levels, numeric expressions.
+
+Reading files, validating columns (missing values, domains) and factorizing
+grouping columns happen here once, before any model exists.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hbm.frontend import ast as A
+from hbm.errors import HbmError, did_you_mean
+
+READERS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".arrow": "ipc",
+           ".feather": "ipc", ".ipc": "ipc"}
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a Parquet, CSV or Arrow IPC file into a DataFrame."""
+    p = Path(path)
+    if not p.exists():
+        raise HbmError(f"data file not found: {p}", where="data")
+    kind = READERS.get(p.suffix.lower())
+    if kind is None:
+        raise HbmError(f"cannot tell the format of data file {p}",
+                       hint="use a .parquet, .csv or .arrow/.feather file", where="data")
+    try:
+        if kind == "parquet":
+            df = pd.read_parquet(p)
+        elif kind == "csv":
+            df = pd.read_csv(p)
+        else:
+            import pyarrow.feather as feather
+            df = feather.read_table(p).to_pandas()
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file, said plainly
+        raise HbmError(f"could not read {p} as {kind}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                       where="data") from None
+    return df
+
+
+def as_dataframe(table) -> pd.DataFrame:
+    """A pandas DataFrame from a DataFrame, a pyarrow Table, a dict of columns or a path."""
+    if isinstance(table, pd.DataFrame):
+        return table
+    if isinstance(table, (str, Path)):
+        return read_table(table)
+    try:
+        import pyarrow as pa
+        if isinstance(table, pa.Table):
+            return table.to_pandas()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(table, dict):
+        return pd.DataFrame(table)
+    raise HbmError(f"cannot use a {type(table).__name__} as data",
+                   hint="pass a pandas DataFrame, a pyarrow Table or a file path")
+
+
+class TableInfo:
+    """Columns of one table, with cached factorizations and evaluated expressions.
+
+    ``stats`` holds the means and standard deviations used by ``center()`` and
+    ``scale()``; when predicting, pass the fit's stats so new data is transformed
+    the same way.
+    """
+
+    def __init__(self, df: pd.DataFrame, formula: str = "", stats: dict | None = None):
+        if len(df) == 0:
+            raise HbmError("the data has no rows", where="data")
+        self.df = df
+        self.formula = formula
+        self.n = len(df)
+        self.stats: dict[str, tuple[float, float]] = dict(stats or {})
+        self._levels: dict[tuple[str, ...], tuple[np.ndarray, list[str]]] = {}
+        self._single: dict[str, tuple[np.ndarray, list[str]]] = {}
+        self._numeric: dict[str, np.ndarray] = {}
+
+    def view(self, formula: str, extra: dict[str, np.ndarray] | None = None) -> "TableInfo":
+        """The same table seen from another formula: errors point into ``formula``; the level
+        tables and center()/scale() statistics are shared; ``extra`` adds named numeric values that
+        are not columns (the stand-in response of a non-linear parameter's formula)."""
+        v = copy.copy(self)
+        v.formula = formula
+        v._numeric = {**self._numeric, **(extra or {})}
+        return v
+
+    @property
+    def columns(self) -> list[str]:
+        return [str(c) for c in self.df.columns]
+
+    def _missing(self, name: str, span=None) -> HbmError:
+        return HbmError(f"unknown column '{name}'", span=span, source=self.formula or None,
+                        where="formula", hint=did_you_mean(name, self.columns)
+                        or f"the data's columns are: {', '.join(self.columns[:20])}")
+
+    def require(self, name: str, span=None) -> pd.Series:
+        if name not in self.df.columns:
+            raise self._missing(name, span)
+        s = self.df[name]
+        bad = s.isna().to_numpy()
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            raise HbmError(f"column '{name}' has {len(rows)} missing values (NaN) in rows {shown}",
+                           where=f"column '{name}'",
+                           hint="drop or fill those rows before fitting")
+        return s
+
+    def is_categorical(self, name: str) -> bool:
+        s = self.df[name]
+        if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            return False
+        self._check_mostly_numbers(name, s)
+        return True
+
+    def _check_mostly_numbers(self, name: str, s: pd.Series) -> None:
+        """A column of numbers with a few stray strings ("abc", "n/a") is a data error, not a factor."""
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            return
+        values = s.dropna()
+        parsed = pd.to_numeric(values, errors="coerce")
+        bad = parsed.isna().to_numpy()
+        if bad.any() and (~bad).sum() >= max(1, len(values) // 2):
+            rows = np.flatnonzero(bad)
+            shown = ", ".join(f"{values.iloc[r]!r} (row {values.index[r]})" for r in rows[:3])
+            raise HbmError(f"column '{name}' has values that are not numbers: {shown}"
+                           + (f" and {len(rows) - 3} more" if len(rows) > 3 else ""),
+                           where=f"column '{name}'",
+                           hint="fix or drop those rows; if the column really is categorical, write "
+                                f"factor({name})")
+
+    # ---- grouping factors
+    def levels(self, columns: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+        """int32 codes per row and level labels for the distinct values of ``columns``."""
+        if columns not in self._levels:
+            if len(columns) == 1:
+                self._levels[columns] = self._factorize(columns[0])
+            else:
+                parts = [self._factorize(c) for c in columns]
+                combined = np.zeros(self.n, np.int64)
+                for codes, labels in parts:
+                    combined = combined * len(labels) + codes
+                uniq, inverse = np.unique(combined, return_inverse=True)
+                labels = []
+                for u in uniq.tolist():
+                    names = []
+                    for _, labs in reversed(parts):
+                        names.append(labs[u % len(labs)])
+                        u //= len(labs)
+                    labels.append(":".join(reversed(names)))
+                self._levels[columns] = (inverse.astype(np.int32), labels)
+        return self._levels[columns]
+
+    def _factorize(self, col: str) -> tuple[np.ndarray, list[str]]:
+        if col not in self._single:
+            s = self.require(col)
+            if isinstance(s.dtype, pd.CategoricalDtype):
+                s = s.cat.remove_unused_categories()
+                codes = s.cat.codes.to_numpy().astype(np.int32)
+                labels = [str(c) for c in s.cat.categories]
+            else:
+                uniq, codes = np.unique(s.to_numpy(), return_inverse=True)
+                codes = codes.astype(np.int32)
+                labels = [_label(u) for u in uniq]
+            self._single[col] = (codes, labels)
+        return self._single[col]
+
+    # ---- numeric expressions
+    def numeric(self, expr: A.Expr) -> np.ndarray:
+        """Evaluate a numeric predictor expression (a column or transforms of one) as float64."""
+        key = str(expr)
+        if key not in self._numeric:
+            self._numeric[key] = self._eval(expr)
+        return self._numeric[key]
+
+    def _eval(self, expr: A.Expr) -> np.ndarray:
+        if isinstance(expr, A.Var):
+            s = self.require(expr.name, expr.span)
+            if self.is_categorical(expr.name):
+                raise HbmError(f"column '{expr.name}' holds text, not numbers", span=expr.span,
+                               source=self.formula or None, where="formula",
+                               hint="use it as a factor or a grouping variable")
+            x = s.to_numpy().astype(np.float64)
+            if not np.isfinite(x).all():
+                raise HbmError(f"column '{expr.name}' has {int((~np.isfinite(x)).sum())} infinite values",
+                               where=f"column '{expr.name}'")
+            return x
+        if isinstance(expr, A.Paren):
+            return self._eval(expr.body)
+        if isinstance(expr, A.Call) and expr.func in ("log", "exp", "sqrt", "center", "scale"):
+            x = self._eval(expr.arg)
+            f = expr.func
+            if f == "log" and (x <= 0).any():
+                self._domain(expr, f"{int((x <= 0).sum())} values are <= 0", x)
+            if f == "sqrt" and (x < 0).any():
+                self._domain(expr, f"{int((x < 0).sum())} values are negative", x)
+            if f == "log":
+                return np.log(x)
+            if f == "exp":
+                return np.exp(x)
+            if f == "sqrt":
+                return np.sqrt(x)
+            key = str(expr)
+            if key not in self.stats:
+                sd = float(x.std())
+                self.stats[key] = (float(x.mean()), sd if sd > 0 else 1.0)
+            mean, sd = self.stats[key]
+            return x - mean if f == "center" else (x - mean) / sd
+        raise HbmError(f"'{expr}' is not a numeric predictor", span=getattr(expr, "span", None),
+                       source=self.formula or None, where="formula")
+
+    def _domain(self, expr: A.Call, what: str, x) -> None:
+        raise HbmError(f"{expr.func}() of '{expr.arg}' is undefined: {what}", span=expr.span,
+                       source=self.formula or None, where="formula",
+                       hint="filter those rows, or transform the column differently")
+
+
+def _label(v) -> str:
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)

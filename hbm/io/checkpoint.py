@@ -1,0 +1,334 @@
+"""Checkpoints: a long fit's state on disk, so that a crash costs at most one interval.
+
+A fit started by ``hbm fit`` works in ``<run_dir>.partial/`` until it is done::
+
+    spec.yaml      the spec as resolved (``--set`` overrides applied)
+    resume.json    what ``hbm fit --resume`` needs: the data, its fingerprint, the run directory
+    svi.npz        SVI state (parameters, optimiser state, step count, RNG key) and the loop's
+                   own state (step, stopping rule), replaced atomically at every checkpoint
+    loss.f64       the loss history, appended at every checkpoint (raw float64; svi.npz says
+                   how many values belong to it, so a torn append is cut off on reading)
+    chain-<k>.npz  each finished NUTS chain (chains run one after another)
+    lock           held (flock) by the process fitting, so two fits never share the directory
+
+When the fit ends, the run directory is written (all at once, see
+:func:`hbm.io.rundir.write_run`) and the partial directory removed. Every file
+here is written under a temporary name, flushed, and renamed into place: a
+SIGKILL at any moment leaves the previous checkpoint whole.
+
+A checkpoint is taken at the end of a piece of steps (``inference.checkpoint_every``
+steps, or the convergence block when that is smaller or unset) when at least
+``checkpoint_every`` steps or ``checkpoint_seconds`` seconds have passed since
+the last one. The pieces do not change the arithmetic (the same compiled loop runs
+the same updates, whatever the piece sizes), so a resumed fit ends where an
+uninterrupted one with the same seed ends.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from hbm.errors import HbmError
+from hbm.io.rundir import _plain
+
+PARTIAL_SUFFIX = ".partial"
+SVI_FILE, LOSS_FILE, RESUME_FILE, SPEC_FILE = "svi.npz", "loss.f64", "resume.json", "spec.yaml"
+
+
+# ---------------------------------------------------------------- atomic files
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path | str, content: bytes | str | Callable[[Any], None]) -> Path:
+    """Write ``path`` under a temporary name, flush it to disk, and rename it into place.
+
+    ``content``: bytes, text, or ``writer(binary_file)``. Readers see the old file or the
+    new one, never half of one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode("utf-8") if isinstance(content, str) else bytes(content))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint is bad input, said plainly
+        raise HbmError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}",
+                       hint="the file is damaged; delete it to start that part of the fit again") from None
+
+
+# ---------------------------------------------------------------- the checkpointer
+
+@dataclass
+class SVICheckpoint:
+    """A saved optimisation: the SVI state's leaves, the step, the losses, the loop's own state."""
+
+    leaves: list[np.ndarray]
+    step: int
+    loss: np.ndarray
+    loop: dict
+
+
+class Checkpointer:
+    """Saves and restores an engine's state in ``directory`` (see the module docstring).
+
+    ``every``: steps between checkpoints; ``seconds``: time between them (either may be None).
+    """
+
+    def __init__(self, directory: Path | str, every: int | None = None, seconds: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.dir = Path(directory)   # created on the first save, not before
+        self.every = int(every) if every else None
+        self.seconds = float(seconds) if seconds else None
+        self.clock = clock
+        self.last_step = 0
+        self.last_time = clock()
+        self.saves = 0
+        self.loss_valid = 0          # how many values of loss.f64 the saved checkpoint owns
+        self.resumed_from: int | None = None
+
+    @classmethod
+    def from_config(cls, directory: Path | str, config: Any) -> "Checkpointer":
+        return cls(directory, getattr(config, "checkpoint_every", None),
+                   getattr(config, "checkpoint_seconds", 60.0))
+
+    # ---- when
+    def piece(self, block: int) -> int:
+        """Steps per compiled call: the block, or fewer when checkpoints come more often."""
+        return max(1, min(block, self.every)) if self.every else block
+
+    def due(self, step: int) -> bool:
+        if self.every and step - self.last_step >= self.every:
+            return True
+        return bool(self.seconds) and self.clock() - self.last_time >= self.seconds
+
+    # ---- SVI
+    def save_svi(self, state, step: int, loss: np.ndarray, loop: dict) -> None:
+        """Save the SVI ``state`` (a pytree of arrays) after ``step`` steps; ``loss[:step]`` is its history."""
+        import jax
+        self.dir.mkdir(parents=True, exist_ok=True)
+        leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
+        loss = np.asarray(loss, np.float64).reshape(-1)[:step]
+        if loss.size < step:
+            raise ValueError(f"a checkpoint at step {step} needs {step} losses, got {loss.size}")
+        path = self.dir / LOSS_FILE
+        if step < self.loss_valid:  # never expected: a history shorter than the one on disk
+            atomic_write(path, loss.tobytes())
+        else:  # append what is new, after cutting off anything a killed process left behind
+            with open(path, "ab") as f:
+                f.truncate(self.loss_valid * 8)
+                f.write(loss[self.loss_valid:step].tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+        self.loss_valid = step
+        meta = {"step": int(step), "loop": loop, "n_leaves": len(leaves), "time": time.time()}
+        arrays = {f"leaf_{i}": x for i, x in enumerate(leaves)}
+        arrays["meta"] = np.frombuffer(json.dumps(meta, default=_json_default).encode(), np.uint8)
+        atomic_write(self.dir / SVI_FILE, _npz_bytes(arrays))
+        self.last_step, self.last_time = step, self.clock()
+        self.saves += 1
+
+    def load_svi(self) -> SVICheckpoint | None:
+        """The saved optimisation, or None when there is none."""
+        path = self.dir / SVI_FILE
+        if not path.exists():
+            return None
+        z = _read_npz(path)
+        try:
+            meta = json.loads(bytes(z["meta"]).decode())
+            leaves = [z[f"leaf_{i}"] for i in range(int(meta["n_leaves"]))]
+        except (KeyError, ValueError) as e:
+            raise HbmError(f"checkpoint {path} is incomplete ({e})",
+                           hint="delete it to start the fit again") from None
+        step = int(meta["step"])
+        lpath = self.dir / LOSS_FILE
+        loss = np.fromfile(lpath, np.float64) if lpath.exists() else np.empty(0)
+        if loss.size < step:
+            raise HbmError(f"checkpoint {path} is at step {step} but {lpath} holds {loss.size} losses",
+                           hint="the checkpoint directory was edited; delete it to start the fit again")
+        self.last_step, self.resumed_from, self.loss_valid = step, step, step
+        return SVICheckpoint(leaves, step, loss[:step].copy(), dict(meta.get("loop") or {}))
+
+    def restore(self, saved: SVICheckpoint, like):
+        """``saved``'s leaves in the structure (and on the devices) of the freshly initialised ``like``."""
+        import jax
+        ref, treedef = jax.tree.flatten(like)
+        if len(ref) != len(saved.leaves) or any(
+                np.shape(a) != np.shape(b) or np.dtype(a.dtype) != np.dtype(b.dtype)
+                for a, b in zip(ref, saved.leaves)):
+            raise HbmError(f"the checkpoint in {self.dir} does not fit this model and inference settings",
+                           hint="it was written by a fit with another formula, data, guide or optimizer; "
+                                "resume with the settings it was started with, or delete it")
+        leaves = [jax.device_put(b, getattr(a, "sharding", None)) for a, b in zip(ref, saved.leaves)]
+        return jax.tree.unflatten(treedef, leaves)
+
+    # ---- NUTS chains
+    def save_chain(self, k: int, samples: dict, stats: dict, meta: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        arrays = {f"s:{n}": np.asarray(v) for n, v in samples.items()}
+        arrays.update({f"t:{n}": np.asarray(v) for n, v in stats.items()})
+        arrays["meta"] = np.frombuffer(json.dumps(meta, default=_json_default).encode(), np.uint8)
+        atomic_write(self.dir / f"chain-{k}.npz", _npz_bytes(arrays))
+        self.saves += 1
+
+    def load_chain(self, k: int, meta: dict) -> tuple[dict, dict] | None:
+        """Chain ``k`` as saved, if it was saved with the same ``meta`` (settings); else None."""
+        path = self.dir / f"chain-{k}.npz"
+        if not path.exists():
+            return None
+        z = _read_npz(path)
+        if "meta" not in z or json.loads(bytes(z["meta"]).decode()) != json.loads(
+                json.dumps(meta, default=_json_default)):
+            return None
+        samples = {n[2:]: v for n, v in z.items() if n.startswith("s:")}
+        stats = {n[2:]: v for n, v in z.items() if n.startswith("t:")}
+        return samples, stats
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+# ---------------------------------------------------------------- partial run directories
+
+def partial_dir(run_dir: Path | str) -> Path:
+    """Where a fit writing ``run_dir`` keeps its checkpoints: ``<run_dir>.partial``."""
+    p = Path(run_dir)
+    return p if p.name.endswith(PARTIAL_SUFFIX) else p.with_name(p.name + PARTIAL_SUFFIX)
+
+
+def run_dir_of(partial: Path | str) -> Path:
+    p = Path(partial)
+    return p.with_name(p.name[: -len(PARTIAL_SUFFIX)]) if p.name.endswith(PARTIAL_SUFFIX) else p
+
+
+LOCK_FILE = "lock"
+
+
+def lock_partial(part: Path):
+    """Hold ``part`` for this process (an exclusive ``flock``, released when the process ends, even
+    by SIGKILL); the returned file keeps the lock until closed. Two fits never share a partial directory."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock (Windows): no guard
+        return None
+    part.mkdir(parents=True, exist_ok=True)
+    f = open(part / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise HbmError(f"another hbm process is fitting in {part} right now",
+                       hint="wait for it to finish, or stop it first") from None
+    return f
+
+
+def is_locked(part: Path) -> bool:
+    """Whether a running process holds ``part``."""
+    if not (part / LOCK_FILE).exists():
+        return False
+    try:
+        lock_partial(part).close()
+        return False
+    except HbmError:
+        return True
+
+
+def start_partial(run_dir: Path, spec_dict: dict, overwrite: bool = False) -> Path:
+    """Create ``<run_dir>.partial`` holding the resolved spec; refuse to clobber an interrupted fit."""
+    import yaml
+    part = partial_dir(run_dir)
+    if part.exists():
+        if is_locked(part):
+            raise HbmError(f"another hbm process is fitting {run_dir} right now (in {part})",
+                           hint="wait for it to finish, or choose another --out")
+        if not overwrite:
+            raise HbmError(f"an interrupted fit of {run_dir} is in {part}",
+                           hint=f"continue it with `hbm fit --resume {run_dir}`, or pass --overwrite "
+                                "to start again")
+        shutil.rmtree(part)
+    part.mkdir(parents=True)
+    atomic_write(part / SPEC_FILE, yaml.safe_dump(_plain(spec_dict), sort_keys=False, allow_unicode=True))
+    return part
+
+
+def write_resume_info(part: Path, info: dict) -> None:
+    atomic_write(part / RESUME_FILE, json.dumps(info, indent=2, default=_json_default) + "\n")
+
+
+def read_partial(path: Path | str) -> tuple[Path, Path, dict, dict]:
+    """(partial dir, run dir, spec dict, resume info) of an interrupted fit.
+
+    ``path`` is the run directory the fit was writing or its ``.partial`` directory.
+    """
+    import yaml
+    path = Path(path)
+    part = partial_dir(path)
+    run = run_dir_of(part)
+    if not part.is_dir():
+        if run.is_dir() and (run / "fit.json").exists():
+            raise HbmError(f"the fit of {run} has finished; there is nothing to resume",
+                           hint=f"see it with `hbm show {run}`")
+        raise HbmError(f"no interrupted fit at {path} (no {part.name} directory)",
+                       hint="--resume takes the run directory (--out) of a fit that was interrupted")
+    if is_locked(part):
+        raise HbmError(f"the fit of {run} is still running (in {part})",
+                       hint="--resume continues a fit that was interrupted; wait for this one to finish")
+    spec_path, info_path = part / SPEC_FILE, part / RESUME_FILE
+    if not spec_path.exists() or not info_path.exists():
+        raise HbmError(f"{part} holds no resumable fit (the fit stopped before its first step)",
+                       hint="delete it and start the fit again")
+    try:
+        spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (ValueError, yaml.YAMLError) as e:
+        raise HbmError(f"cannot read the interrupted fit in {part}: {e}") from None
+    return part, run, spec, info
+
+
+def remove_partial(part: Path) -> None:
+    shutil.rmtree(part, ignore_errors=True)

@@ -1,0 +1,365 @@
+"""Run directories: where ``hbm fit`` writes a finished fit, and how ``hbm show`` reads it.
+
+A run directory holds (SPEC section 3)::
+
+    posterior.nc   ArviZ InferenceData (names encoded as in hbm.results.summary.save_netcdf)
+    summary.csv    one row per parameter element
+    spec.yaml      the resolved spec
+    fit.json       engine, timings, devices, versions, data fingerprint, convergence
+    loss.png       the loss curve (variational engines only)
+    model.json     the model's IR, and
+    encoding.json  level labels, transform statistics, factor levels: what ``hbm predict`` needs
+
+Writing is all-or-nothing: every file goes into a hidden sibling directory
+``.<name>.tmp-<pid>`` which is renamed into place at the end, so an interrupted
+or failed write leaves no half directory and no half file, and never touches
+an existing run. An existing run is replaced only with ``overwrite=True`` (the
+old one is moved aside, the new one renamed in, then the old one deleted), and
+only when it looks like a run (or is empty): ``--overwrite`` cannot delete an
+unrelated folder.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from hbm.errors import HbmError, did_you_mean
+from hbm.results.summary import format_summary, load_netcdf, save_netcdf
+
+REQUIRED_FILES = ("summary.csv", "fit.json", "spec.yaml", "posterior.nc")
+_RUN_MARKERS = ("fit.json", "spec.yaml", "summary.csv", "posterior.nc")
+FileContent = bytes | str | Callable[[Path], None]
+
+
+# ---------------------------------------------------------------- choosing and writing
+
+def _is_empty_dir(p: Path) -> bool:
+    return p.is_dir() and not any(p.iterdir())
+
+
+def _check_target(p: Path, overwrite: bool) -> None:
+    if not (p.exists() or p.is_symlink()) or _is_empty_dir(p):
+        return
+    if not p.is_dir():
+        raise HbmError(f"output path {p} exists and is not a directory",
+                       hint="choose another --out")
+    if not overwrite:
+        raise HbmError(f"run directory {p} already exists and is not empty",
+                       hint="pass --overwrite to replace it, or choose another --out")
+    if not any((p / m).exists() for m in _RUN_MARKERS):
+        raise HbmError(f"{p} is not an hbm run directory (no fit.json, spec.yaml, summary.csv "
+                       "or posterior.nc); refusing to replace it",
+                       hint="choose another --out, or an empty directory")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "run"
+
+
+def new_run_dir(base: Path | str | None, name: str, *, overwrite: bool = False,
+                root: Path | str = "runs", now: _dt.datetime | None = None) -> Path:
+    """The directory a fit will be written to (not created here).
+
+    ``base`` (``--out``) when given: an error if it exists and is not empty,
+    unless ``overwrite``. Otherwise ``<root>/<name>-<YYYYmmdd-HHMMSS>[-N]``, a
+    name no existing path has. Checking here, before fitting, means a long fit
+    never ends in a refused write.
+    """
+    if base is not None:
+        p = Path(base)
+        _check_target(p, overwrite)
+        return p
+    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    stem = Path(root) / f"{_slug(name)}-{stamp}"
+    p, n = stem, 1
+    while p.exists() or p.is_symlink():
+        n += 1
+        p = stem.with_name(f"{stem.name}-{n}")
+    return p
+
+
+def _safe_join(root: Path, rel: str) -> Path:
+    rp = Path(rel)
+    if rp.is_absolute() or ".." in rp.parts or not rp.parts:
+        raise ValueError(f"run file name {rel!r} must be a relative path inside the run directory")
+    return root / rp
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def write_run(run_dir: Path | str, files: Mapping[str, FileContent], overwrite: bool = False) -> Path:
+    """Write ``files`` (name -> bytes, text, or a callable given the path to write)
+    as the directory ``run_dir``, all at once or not at all."""
+    run_dir = Path(run_dir)
+    _check_target(run_dir, overwrite)
+    parent = run_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".{run_dir.name}.tmp-{os.getpid()}"
+    _remove(tmp)
+    tmp.mkdir()
+    try:
+        for rel, content in files.items():
+            dest = _safe_join(tmp, rel)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if callable(content):
+                content(dest)
+                if not dest.exists():
+                    raise RuntimeError(f"the writer for {rel!r} did not create {dest}")
+            elif isinstance(content, str):
+                dest.write_text(content, encoding="utf-8")
+            else:
+                dest.write_bytes(bytes(content))
+        _install(tmp, run_dir, overwrite)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return run_dir
+
+
+def _install(tmp: Path, run_dir: Path, overwrite: bool) -> None:
+    if _is_empty_dir(run_dir):
+        run_dir.rmdir()
+    if not (run_dir.exists() or run_dir.is_symlink()):
+        try:
+            os.rename(tmp, run_dir)   # fails, and changes nothing, if run_dir appeared meanwhile
+            return
+        except OSError:
+            if not run_dir.exists():
+                raise
+    _check_target(run_dir, overwrite)  # it appeared while we were writing
+    old = run_dir.parent / f".{run_dir.name}.old-{os.getpid()}"
+    _remove(old)
+    os.rename(run_dir, old)
+    try:
+        os.rename(tmp, run_dir)
+    except BaseException:
+        os.rename(old, run_dir)
+        raise
+    _remove(old)
+
+
+def write_new_file(path: Path | str, write: Callable[[Path], None]) -> Path:
+    """Write one file atomically and never over an existing one: ``write(tmp)`` writes a
+    temporary sibling, which is then linked into place (failing if ``path`` appeared)."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        raise HbmError(f"{path} exists; hbm never writes over an existing file", where="--out",
+                       hint="choose another name, or remove the file first")
+    if not path.parent.is_dir():
+        raise HbmError(f"cannot write {path}: the directory {path.parent} does not exist", where="--out")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)          # atomic, and refuses to replace a file that appeared meanwhile
+        except FileExistsError:
+            raise HbmError(f"{path} appeared while it was being written; not replacing it",
+                           where="--out") from None
+        except OSError:                 # a file system without hard links
+            if path.exists():
+                raise HbmError(f"{path} exists; hbm never writes over an existing file", where="--out") from None
+            os.rename(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------- fit files
+
+def _plain(x):
+    """JSON/YAML-safe plain Python: numpy scalars and arrays, tuples, Paths, NaN -> None."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    if isinstance(x, np.generic):
+        return _plain(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    if isinstance(x, (_dt.datetime, _dt.date)):
+        return x.isoformat()
+    return str(x)
+
+
+def plot_loss(loss: np.ndarray, path: Path | str) -> None:
+    """The loss curve: raw loss, a smoothed line over it, log y when all positive."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    loss = np.asarray(loss, dtype=float).reshape(-1)
+    steps = np.arange(loss.size)
+    ok = np.isfinite(loss)
+    fig = Figure(figsize=(7, 4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(steps[ok], loss[ok], lw=0.6, alpha=0.35, color="tab:blue", label="loss")
+    if ok.sum() >= 10:
+        y, s = loss[ok], steps[ok]
+        w = max(2, y.size // 50)
+        smooth = np.convolve(y, np.ones(w) / w, mode="valid")
+        ax.plot(s[w - 1:], smooth, lw=1.5, color="tab:red", label=f"mean of {w} steps")
+        if not (y > 0).all():  # linear scale: keep the first steps' spike from flattening the rest
+            tail = y[y.size // 20:]
+            lo, hi = np.min(tail), np.quantile(tail, 0.99)
+            pad = 0.05 * (hi - lo) or 1.0
+            ax.set_ylim(lo - pad, hi + pad)
+    if ok.any() and (loss[ok] > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(str(path), format="png")
+
+
+def save_fit(run_dir: Path | str, idata, summary_df: pd.DataFrame, spec_dict: dict,
+             fit_info: dict, loss: np.ndarray | None = None, overwrite: bool = False,
+             extra: Mapping[str, FileContent] | None = None) -> Path:
+    """Write a finished fit's files as ``run_dir`` (atomically, see :func:`write_run`);
+    ``extra`` adds files (name -> content), e.g. what ``hbm predict`` reads."""
+    import yaml
+    files: dict[str, FileContent] = {
+        "posterior.nc": lambda p: save_netcdf(idata, p),
+        "summary.csv": lambda p: summary_df.to_csv(p, index_label="parameter", float_format="%.8g"),
+        "spec.yaml": yaml.safe_dump(_plain(spec_dict), sort_keys=False, allow_unicode=True),
+        "fit.json": json.dumps(_plain(fit_info), indent=2, ensure_ascii=False) + "\n",
+    }
+    if loss is not None and np.asarray(loss).size:
+        files["loss.png"] = lambda p: plot_loss(loss, p)
+    files.update(extra or {})
+    return write_run(run_dir, files, overwrite=overwrite)
+
+
+# ---------------------------------------------------------------- reading
+
+@dataclass
+class RunRecord:
+    path: Path
+    summary: pd.DataFrame
+    fit_info: dict
+    spec: dict
+    _idata: object = field(default=None, repr=False, compare=False)
+
+    def idata(self):
+        """The posterior InferenceData (read on first use, fully into memory)."""
+        if self._idata is None:
+            self._idata = load_netcdf(self.path / "posterior.nc")
+        return self._idata
+
+    def loss(self) -> np.ndarray | None:
+        ss = getattr(self.idata(), "sample_stats", None)
+        return None if ss is None or "loss" not in ss else np.asarray(ss["loss"].values)
+
+
+def _runs_inside(p: Path) -> list[Path]:
+    return sorted((q for q in p.iterdir() if q.is_dir() and (q / "fit.json").exists()),
+                  key=lambda q: q.stat().st_mtime)
+
+
+def load_run(run_dir: Path | str) -> RunRecord:
+    """Read a run directory written by :func:`save_fit` (posterior.nc on demand)."""
+    import yaml
+    p = Path(run_dir)
+    if not p.exists():
+        siblings = [q.name for q in p.parent.iterdir()] if p.parent.is_dir() else []
+        raise HbmError(f"no run directory at {p}", hint=did_you_mean(p.name, siblings))
+    if not p.is_dir():
+        raise HbmError(f"{p} is not a run directory (it is a file)")
+    missing = [f for f in REQUIRED_FILES if not (p / f).is_file()]
+    if missing:
+        runs = _runs_inside(p) if len(missing) == len(REQUIRED_FILES) else []
+        hint = (f"{p} holds runs; the latest is {runs[-1]}" if runs else
+                "a run directory is written by `hbm fit`; this one is incomplete or was edited")
+        raise HbmError(f"run directory {p} is missing {', '.join(missing)}",
+                       where=str(p / missing[0]), hint=hint)
+    try:
+        summary = pd.read_csv(p / "summary.csv", index_col="parameter", dtype={"parameter": str})
+    except (ValueError, pd.errors.ParserError) as e:
+        raise HbmError(f"cannot read {p / 'summary.csv'}: {e}") from None
+    try:
+        fit_info = json.loads((p / "fit.json").read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise HbmError(f"cannot read {p / 'fit.json'}: {e}") from None
+    try:
+        spec = yaml.safe_load((p / "spec.yaml").read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise HbmError(f"cannot read {p / 'spec.yaml'}: {e}") from None
+    return RunRecord(p, summary, fit_info if isinstance(fit_info, dict) else {},
+                     spec if isinstance(spec, dict) else {})
+
+
+def _seconds(x) -> str:
+    try:
+        s = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if s < 60:
+        return f"{s:.2f} s" if s < 10 else f"{s:.1f} s"
+    m, s = divmod(s, 60)
+    return f"{int(m)} min {s:.0f} s" if m < 60 else f"{int(m // 60)} h {int(m % 60)} min"
+
+
+def _value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, Mapping):
+        return ", ".join(f"{k}={_value(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return ", ".join(_value(x) for x in v)
+    return str(v)
+
+
+def show_run(run_dir: Path | str, max_rows: int = 30) -> str:
+    """The text of ``hbm show``: what was fitted, how, how long, convergence, summary.
+
+    Reads spec keys ``name``, ``formula``, ``family``, ``inference.engine`` and
+    fit.json keys ``engine``, ``timings`` (name -> seconds), ``devices``,
+    ``data`` (e.g. rows, fingerprint), ``convergence`` (any key -> value).
+    """
+    rec = load_run(run_dir)
+    spec, info = rec.spec, rec.fit_info
+    inference = spec.get("inference") if isinstance(spec.get("inference"), dict) else {}
+    rows = [("run", str(rec.path)), ("model", spec.get("name")), ("formula", spec.get("formula")),
+            ("family", spec.get("family")), ("engine", info.get("engine") or inference.get("engine"))]
+    data = info.get("data")
+    if isinstance(data, Mapping):
+        bits = [f"{data['rows']:,} rows" if isinstance(data.get("rows"), int) else None,
+                *(f"{k} {_value(v)}" for k, v in data.items() if k != "rows")]
+        rows.append(("data", ", ".join(b for b in bits if b)))
+    elif data is not None:
+        rows.append(("data", _value(data)))
+    if info.get("devices") is not None:
+        rows.append(("devices", _value(info["devices"])))
+    timings = info.get("timings")
+    if isinstance(timings, Mapping) and timings:
+        rows.append(("timings", ", ".join(f"{k.removesuffix('_s')} {_seconds(v)}"
+                                          for k, v in timings.items())))
+    conv = info.get("convergence")
+    if isinstance(conv, Mapping):
+        rows += [("convergence" if i == 0 else "", f"{k}: {_value(v)}")
+                 for i, (k, v) in enumerate(conv.items())]
+    elif conv is not None:
+        rows.append(("convergence", _value(conv)))
+    width = max(len(k) for k, v in rows if v is not None)
+    head = [f"{k.ljust(width)}  {v}" for k, v in rows if v is not None and v != ""]
+    return "\n".join(head + ["", format_summary(rec.summary, max_rows=max_rows)])

@@ -1,0 +1,190 @@
+"""``hbm.compile``: a spec and a table in, a NumPyro model with its data out.
+
+    model = hbm.compile("spec.yaml", df)
+    model.ir                          # the inspectable intermediate form
+    model.numpyro_model(**model.data) # plain NumPyro
+
+``model.rows`` are the per-row arrays of ``hbm.data.encode`` in the data's order (NumPy, on the
+host, when the fit layout differs from them);
+``model.data`` are what the engines fit: the same rows in the fit layout
+(``hbm.data.layout``), placed on the devices (``hbm.data.devices``), or a stream of
+minibatches (``hbm.data.batching``).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from hbm.frontend import ast as A
+from hbm.ir import model as ir_mod
+from hbm.lowering.centring import centred_sites
+from hbm.data.devices import data_mesh, place, resolve_devices
+from hbm.data.encode import Encoding, encode
+from hbm.errors import HbmError
+from hbm.data.layout import Layout, build_rows, plan_layout
+from hbm.lowering.model import make_model
+from hbm.frontend.parse import parse_formula
+from hbm.resolve.linear import resolve
+from hbm.spec import Spec
+from hbm.data.table import TableInfo
+from hbm.lowering.whiten import population_whitening, shear_means
+import jax
+import jax.numpy as jnp
+from hbm.frontend.parse import parse_nonlinear
+from hbm.data.encode_nonlinear import encode_nonlinear
+from hbm.lowering.nonlinear import make_nonlinear_model
+from hbm.resolve.nonlinear import resolve_nonlinear
+from hbm.data.batching import ENGINES, BatchStream, batched
+
+
+@dataclass
+class CompiledModel:
+    """A model ready to fit: the spec, its IR, the encoded data and the NumPyro model."""
+
+    spec: Spec
+    formula: A.Formula
+    ir: ir_mod.ModelIR
+    encoding: Encoding
+    rows: dict
+    consts: dict
+    numpyro_model: Callable
+    n_rows: int
+    n_devices: int
+    fingerprint: str
+    fit_rows: dict | None = None       # the rows as fitted (layout, devices); None: ``rows``
+    fit_consts: dict | None = None
+    layout: Layout | None = None
+    batches: object = None             # hbm.data.batching.BatchStream when ``batch_size`` is set
+
+    @property
+    def data(self) -> dict:
+        """Keyword arguments of ``numpyro_model`` for fitting."""
+        if self.batches is not None:
+            return self.batches.model_kwargs()
+        if self.fit_rows is None:
+            return {"rows": self.rows, "consts": self.consts}
+        return {"rows": self.fit_rows, "consts": self.fit_consts}
+
+    def describe(self) -> str:
+        """What ``hbm check`` prints: the IR, the data size, the devices."""
+        text = (self.ir.pretty() + f"\ndata      {self.n_rows:,} rows" +
+                (f", sharded over {self.n_devices} devices" if self.n_devices > 1 else ""))
+        if self.batches is not None:
+            text += f", minibatches of {self.batches.batch_size:,} rows"
+        return text
+
+
+def compile_table(spec: Spec, df: pd.DataFrame, *, devices=None, noncentered=None,
+                  layout: str | None = None, whiten: bool = True) -> CompiledModel:
+    """Compile ``spec`` against the DataFrame ``df``; ``layout`` ("auto", "panel", "flat"; default
+    ``HBM_LAYOUT`` or "auto") picks the fit layout (``hbm.data.layout``). ``whiten``: the population
+    coefficients are sampled in centred, whitened coordinates (``hbm.lowering.whiten``); ``False`` keeps
+    one sample site per coefficient (conditioning on them by name, as ``hbm.simulate`` does)."""
+    if spec.params:  # a non-linear formula: hbm.nonlinear compiles it
+        return compile_nonlinear(spec, df, devices=devices,
+                                 noncentered=spec.noncentered if noncentered is None else noncentered)
+    formula = parse_formula(spec.formula)
+    info = TableInfo(df, formula.source)
+    model_ir = resolve(formula, info, family=spec.family, priors=spec.priors,
+                       noncentered=spec.noncentered if noncentered is None else noncentered)
+    if whiten:
+        model_ir = with_centring(model_ir, info)
+    rows, consts, enc = encode(model_ir, info)
+    if whiten:
+        consts = with_whitening(consts, model_ir, info)
+    n_dev = resolve_devices(devices if devices is not None else spec.devices)
+    mesh = data_mesh(n_dev) if n_dev > 1 else None
+    model_fn = make_model(model_ir, mesh)
+    if spec.batch_size:
+        return batched_model(spec, formula, model_ir, enc, rows, consts, model_fn, mesh, fingerprint(df))
+    plan = plan_layout(model_ir, rows["idx"], len(df), layout)
+    fit_rows, fit_consts = place(*build_rows(model_ir, plan, rows), mesh)
+    fit_consts = {**place({}, consts, mesh)[1], **fit_consts}
+    if plan.kind == "flat" and mesh is None:
+        rows, consts = fit_rows, fit_consts
+    else:   # the per-row arrays stay on the host: a device holds only the rows it fits
+        consts = place({}, consts, None)[1]
+    return CompiledModel(spec, formula, model_ir, enc, rows, consts, model_fn, len(df), n_dev, fingerprint(df),
+                         fit_rows, fit_consts, plan)
+
+
+def with_centring(model_ir, info):
+    """``model_ir`` with the group-level sites the data pin drawn centred (``hbm.lowering.centring``)."""
+    return replace(model_ir, centred=centred_sites(model_ir, info))
+
+
+def with_whitening(consts: dict, model_ir, info) -> dict:
+    """``consts`` with the population block's whitening and the group-level shears
+    (``hbm.lowering.whiten``), where the model has them."""
+    white = population_whitening(model_ir, info)
+    shear = shear_means(model_ir, info)
+    return {**consts, **({"whiten": white} if white is not None else {}), **({"shear": shear} if shear else {})}
+
+
+def fingerprint(df: pd.DataFrame) -> str:
+    """A short hash of the table's contents, recorded with every fit."""
+    h = hashlib.sha256()
+    h.update(",".join(map(str, df.columns)).encode())
+    h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- compile
+def compile_nonlinear(spec, df, *, devices=None, noncentered: bool = True):
+    """``hbm.compile_table`` for a spec with ``params:``: a :class:`hbm.pipeline.compiled.CompiledModel`
+    whose rows are flat (the order of the data), placed on the devices."""
+    if spec.batch_size:
+        raise HbmError("batch_size is not supported for non-linear formulas yet", where="batch_size",
+                       hint="remove batch_size; the full data is used at every step")
+    formula = parse_nonlinear(spec.formula)
+    info = TableInfo(df, formula.source)
+    model = resolve_nonlinear(formula, info, params=spec.params, bounds=spec.bounds, family=spec.family,
+                              priors=spec.priors, noncentered=noncentered)
+    rows, consts, enc = encode_nonlinear(model, info)
+    n_dev = resolve_devices(devices if devices is not None else spec.devices)
+    mesh = None
+    if n_dev > 1:
+        rows, mesh = _shard(rows, n_dev)
+    else:
+        rows = jax.tree.map(jnp.asarray, rows)
+    consts = jax.tree.map(jnp.asarray, consts)
+    return CompiledModel(spec, formula, model, enc, rows, consts, make_nonlinear_model(model, mesh),
+                         len(df), n_dev, fingerprint(df))
+
+
+def _shard(rows: dict, n_dev: int):
+    """Pad every per-row array (at any depth of ``rows``) to a multiple of ``n_dev``, padding masked,
+    and split them over a 1-D ``data`` mesh; XLA partitions the model's sums."""
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(AxisType.Auto,))
+    n = rows["y"].shape[0]
+    pad = (-n) % n_dev
+    rows = dict(rows, mask=np.concatenate([np.ones(n, bool), np.zeros(pad, bool)]))
+
+    def put(a):
+        a = np.asarray(a)
+        if pad and a.ndim and a.shape[0] == n:
+            a = np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
+        return jax.device_put(a, NamedSharding(mesh, P("data")))
+    return jax.tree.map(put, rows), mesh
+
+
+def batched_model(spec, formula, model_ir, enc, rows, consts, model_fn, mesh, fingerprint):
+    """A CompiledModel that fits on minibatches of ``spec.batch_size`` rows (``hbm.pipeline.compiled``)."""
+
+    if spec.inference.engine not in ENGINES + ("auto",):
+        raise HbmError(f"batch_size needs an optimisation engine ({', '.join(ENGINES)}), "
+                       f"not {spec.inference.engine}", where="batch_size",
+                       hint="remove batch_size, or use engine: svi")
+    n = int(rows["y"].shape[0])
+    host_rows, _ = build_rows(model_ir, Layout("flat", n), rows)
+    stream = BatchStream(host_rows, place({}, consts, mesh)[1], spec.batch_size,
+                         seed=int(spec.inference.seed), mesh=mesh)
+    n_dev = 1 if mesh is None else mesh.devices.size
+    return CompiledModel(spec, formula, model_ir, enc, rows, consts, batched(model_fn), n, n_dev,
+                         fingerprint, layout=Layout("flat", n), batches=stream)
+

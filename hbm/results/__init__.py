@@ -1,0 +1,7 @@
+"""After the engine: site draws to named parameters (``outputs``, ``nonlinear``), summaries and
+InferenceData (``summary``), the verdicts (``diagnostics``) and fitted curves (``curves``)."""
+from hbm.results.summary import Outputs, OutputVar, summarize, format_summary, to_inference_data
+from hbm.results.outputs import build_outputs, site_draws
+from hbm.results.diagnostics import check_fit, sampler_check, report_lines
+
+__all__ = ['Outputs', 'OutputVar', 'summarize', 'format_summary', 'to_inference_data', 'build_outputs', 'site_draws', 'check_fit', 'sampler_check', 'report_lines']
