@@ -1,4 +1,4 @@
-"""Stage 4, lowering: the IR to a NumPyro model: priors in plates, chains outermost first, the
+"""Lowering: the IR to a NumPyro model: priors in plates, chains outermost first, the
 coordinates the engines see (``whiten``, ``centring``), one fused likelihood (``likelihood``) under
 ``jax.shard_map`` with several devices (``model``, ``nonlinear``)."""
 from hbm.lowering.model import make_model, reparam_config

@@ -1,4 +1,4 @@
-"""After the engine: site draws to named parameters (``outputs``, ``nonlinear``), summaries and
+"""After the engine: site draws to named parameters (``outputs``, linear and non-linear), summaries and
 InferenceData (``summary``), the verdicts (``diagnostics``) and fitted curves (``curves``)."""
 from hbm.results.summary import Outputs, OutputVar, summarize, format_summary, to_inference_data
 from hbm.results.outputs import build_outputs, site_draws
