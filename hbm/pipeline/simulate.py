@@ -15,7 +15,7 @@ each column, and the true parameter values::
 
 Columns not listed get defaults: a grouping or factor column gets
 ``levels: max(2, rows // 50)`` (at most 200), a numeric column ``normal(0, 1)``
-(``lognormal(0, 0.5)`` when the formula takes its log or square root),
+(``lognormal(0, 0.5)`` under a function that needs it positive: log, sqrt, log1p),
 ``trials()`` columns 10, ``se()`` columns 1, ``weights()`` columns 1.
 Parameters not in ``params`` keep a fixed prior's value, and are otherwise drawn
 from their prior (a prior predictive draw).
