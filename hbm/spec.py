@@ -18,16 +18,10 @@ import yaml
 from hbm.errors import HbmError, Problem, ProblemList, Span, closest
 from hbm.frontend.parse import Fn, parse_call
 from hbm.frontend.priors import Fixed, Prior, _fmt, parse_prior
+from hbm.vocabulary.families import FAMILIES, FAMILY_ALIASES
+from hbm.vocabulary.functions import BOUND_SPECS
+from hbm.vocabulary.names import CORRECTIONS, DEFAULT_GUIDE, GUIDES, LOSSES
 
-FAMILIES = ("normal", "student_t", "poisson", "negative_binomial", "bernoulli", "binomial",
-            "gamma", "lognormal", "beta")
-FAMILY_ALIASES = {"gaussian": "normal", "student": "student_t", "t": "student_t",
-                  "negbinomial": "negative_binomial", "negativebinomial": "negative_binomial",
-                  "neg_binomial": "negative_binomial"}
-GUIDES = ("normal", "lowrank", "mvn", "structured", "delta")   # hbm.engines.guides.GUIDES
-LOSSES = ("elbo", "renyi")
-CORRECTIONS = ("none", "psis")   # hbm.results.diagnostics.CORRECTIONS
-BOUNDS = ("real", "positive", "unit")
 MAX_STEPS = 10_000_000
 DEFAULT_OPTIMIZER = Fn("adam", (), (("lr", 0.01),))
 STRUCTURED_OPTIMIZER = Fn("adam", (), (("lr", 0.003),))   # the structured guide's, when none is given
@@ -39,9 +33,9 @@ class InferenceSpec:
 
     engine: str = "auto"           # auto (nuts for small data, else svi: hbm.pipeline.fit.choose_engine) | svi | nuts
                                    # | map | laplace | a registered plugin
-    guide: str = "structured"      # structured | normal | lowrank | mvn | delta (hbm/engines/guides.py)
+    guide: str = DEFAULT_GUIDE     # structured | normal | lowrank | mvn | delta (hbm/vocabulary/names.py)
     rank: int | None = None        # lowrank guide rank (None: sqrt of the latent dimension)
-    correct: str = "none"          # none | psis: reweigh a guide's draws by PSIS (hbm/results/diagnostics.py)
+    correct: str = "none"          # none | psis: reweigh a guide's draws by PSIS (hbm/vocabulary/names.py)
     loss: str = "elbo"             # elbo | renyi
     alpha: float = 0.0             # renyi alpha
     particles: int = 1
@@ -444,7 +438,7 @@ class _Builder:
         formula = self.take(d, "formula", _text, "") if d.get("formula") is not None else ""
         kw: dict[str, Any] = {
             "name": self.take(d, "name", _text, "model"),
-            "family": self.take(d, "family", _optional(_choice(FAMILIES, FAMILY_ALIASES)), None),
+            "family": self.take(d, "family", _optional(_choice(tuple(FAMILIES), FAMILY_ALIASES)), None),
             "devices": self.take(d, "devices", _devices, "auto"),
             "batch_size": self.take(d, "batch_size", _optional(_integer()), None),
             "noncentered": self.take(d, "noncentered", _bool, True),
@@ -474,7 +468,7 @@ class _Builder:
                 best = closest(k, dict(params))
                 self.add(f"bounds: '{k}' is not a parameter under 'params'", f"bounds.{k}",
                          f"did you mean '{best}'?" if best else None)
-            b = self.take({k: v}, k, _choice(BOUNDS), None, "bounds.")
+            b = self.take({k: v}, k, _choice(tuple(BOUND_SPECS)), None, "bounds.")
             if b is not None:
                 bounds.append((k, b))
         simulate = None if d.get("simulate") is None else self.simulate(d["simulate"])

@@ -13,6 +13,7 @@ import pandas as pd
 
 from hbm.frontend import ast as A
 from hbm.errors import HbmError, did_you_mean
+from hbm.vocabulary.functions import OPS
 
 READERS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".arrow": "ipc",
            ".feather": "ipc", ".ipc": "ipc"}
@@ -190,25 +191,21 @@ class TableInfo:
             return x
         if isinstance(expr, A.Paren):
             return self._eval(expr.body)
-        if isinstance(expr, A.Call) and expr.func in ("log", "exp", "sqrt", "center", "scale"):
-            x = self._eval(expr.arg)
-            f = expr.func
-            if f == "log" and (x <= 0).any():
-                self._domain(expr, f"{int((x <= 0).sum())} values are <= 0", x)
-            if f == "sqrt" and (x < 0).any():
-                self._domain(expr, f"{int((x < 0).sum())} values are negative", x)
-            if f == "log":
-                return np.log(x)
-            if f == "exp":
-                return np.exp(x)
-            if f == "sqrt":
-                return np.sqrt(x)
+        fn = OPS.get(expr.func) if isinstance(expr, A.Call) else None
+        if fn is not None and fn.formula and (fn.np is not None or fn.standardize is not None):
+            x = self._eval(expr.arg)   # a function of the formula's table (hbm/vocabulary/functions.py)
+            if fn.domain is not None:
+                outside = fn.domain.outside(x)
+                if outside.any():
+                    self._domain(expr, f"{int(outside.sum())} values {fn.domain.text}", x)
+            if fn.standardize is None:
+                return fn.np(x)
             key = str(expr)
             if key not in self.stats:
                 sd = float(x.std())
                 self.stats[key] = (float(x.mean()), sd if sd > 0 else 1.0)
             mean, sd = self.stats[key]
-            return x - mean if f == "center" else (x - mean) / sd
+            return fn.standardize(x, mean, sd)
         raise HbmError(f"'{expr}' is not a numeric predictor", span=getattr(expr, "span", None),
                        source=self.formula or None, where="formula")
 

@@ -59,9 +59,8 @@ from numpyro.infer.autoguide import AutoContinuous
 from numpyro.infer.initialization import init_to_uniform
 
 from hbm.errors import HbmError, did_you_mean
+from hbm.vocabulary.names import DEFAULT_GUIDE, GUIDES
 
-GUIDES = ("normal", "lowrank", "mvn", "structured", "delta")
-DEFAULT_GUIDE = "structured"
 GLOBAL_MAX = 64      # population-level values kept in one dense block
 PROMOTE_MAX = 64     # a plate whose values fit this (and GLOBAL_MAX) joins the population block
 MVN_MAX = 2000       # the dense guide's D x D factor is refused above this

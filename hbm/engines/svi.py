@@ -60,9 +60,8 @@ from hbm.engines.optim import build_optimizer
 from hbm.engines.base import latent_names
 from hbm.data.batching import batch_stream
 from hbm.engines.importance import guide_draws_weighted
+from hbm.vocabulary.names import LOSSES
 
-
-LOSSES = ("elbo", "renyi")
 MOVE_TOL = 0.05     # the stopping rule's largest movement of an estimate per block, in posterior sds
 
 

@@ -14,10 +14,11 @@ from typing import Iterator, Union
 
 from hbm.frontend.ast import Response, _fmt_num
 from hbm.errors import Span
+from hbm.vocabulary.functions import EXPRESSION_FUNCTIONS
 
 _NOSPAN = field(default=None, compare=False, repr=False)
 
-FUNCTIONS = ("exp", "log", "log1p", "expm1", "sqrt", "abs", "inv_logit", "logit", "softplus")
+FUNCTIONS = EXPRESSION_FUNCTIONS    # hbm/vocabulary/functions.py: OPS entries with expression=True
 
 # Binding strength of each operator, loosest first; atoms and calls bind tightest.
 PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "neg": 3, "^": 4}

@@ -18,11 +18,13 @@ from lark import Lark, Token, Transformer, v_args
 from hbm.frontend import ast as A
 from hbm.frontend import nl_ast as N
 from hbm.errors import HbmError, Span, did_you_mean
+from hbm.vocabulary.families import INVERSE_LINKS
+from hbm.vocabulary.functions import FORMULA_FUNCTIONS
 
 GRAMMAR_PATH = Path(__file__).resolve().parent / "formula.lark"   # package data (pyproject.toml)
 
-RHS_FUNCTIONS = ("log", "exp", "sqrt", "center", "scale", "factor", "offset")
-LINKS = ("identity", "log", "logit", "probit", "inverse")
+RHS_FUNCTIONS = FORMULA_FUNCTIONS      # hbm/vocabulary/functions.py: OPS entries with formula=True
+LINKS = tuple(INVERSE_LINKS)           # hbm/vocabulary/families.py
 ADDITIONS = ("trials", "se", "weights")
 
 

@@ -15,7 +15,7 @@ each column, and the true parameter values::
 
 Columns not listed get defaults: a grouping or factor column gets
 ``levels: max(2, rows // 50)`` (at most 200), a numeric column ``normal(0, 1)``
-(``lognormal(0, 0.5)`` when the formula takes its log or square root),
+(``lognormal(0, 0.5)`` under a function that needs it positive: log, sqrt, log1p),
 ``trials()`` columns 10, ``se()`` columns 1, ``weights()`` columns 1.
 Parameters not in ``params`` keep a fixed prior's value, and are otherwise drawn
 from their prior (a prior predictive draw).
@@ -42,6 +42,7 @@ import pandas as pd
 from hbm.frontend import ast as A
 from hbm.errors import HbmError
 from hbm.vocabulary.families import FAMILIES
+from hbm.vocabulary.functions import OPS
 from hbm.frontend.parse import Fn, parse_call, parse_formula, parse_nonlinear
 from hbm.spec import SimulateSpec, Spec
 from hbm.pipeline.compiled import compile_table
@@ -142,11 +143,17 @@ def _formula_uses(spec: Spec) -> tuple[A.Response, dict[str, str]]:
         elif not isinstance(e, N.Number):
             op, args = N.op_and_args(e)
             for a in args:
-                visit(a, "positive" if op in ("log", "sqrt") else inside)
+                visit(a, "positive" if _positive_argument(op) else inside)
     visit(formula.rhs, "numeric")
     for a in formula.lhs.additions:
         uses[a.column] = a.kind
     return formula.lhs, uses
+
+
+def _positive_argument(func: str) -> bool:
+    """Whether ``func`` needs an argument drawn positive (log, sqrt: hbm/vocabulary/functions.py)."""
+    domain = OPS[func].domain
+    return domain is not None and domain.positive
 
 
 def _column_uses(formula: A.Formula) -> dict[str, str]:
@@ -158,7 +165,7 @@ def _column_uses(formula: A.Formula) -> dict[str, str]:
             if uses.get(e.name) not in ("group", "factor", "positive"):
                 uses[e.name] = inside or "numeric"
         elif isinstance(e, A.Call):
-            kind = {"factor": "factor", "log": "positive", "sqrt": "positive"}.get(e.func, inside)
+            kind = "factor" if e.func == "factor" else "positive" if _positive_argument(e.func) else inside
             visit(e.arg, kind)
         elif isinstance(e, (A.Paren, A.Neg)):
             visit(e.body, inside)

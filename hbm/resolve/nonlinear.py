@@ -29,6 +29,7 @@ from hbm.ir.nonlinear import _linear_name
 from hbm.ir.nonlinear import _show
 from hbm.ir.nonlinear import walk
 from hbm.vocabulary.functions import NP_OPS
+from hbm.vocabulary.functions import OPS
 from hbm.vocabulary.functions import _BOUND_TEXT
 from hbm.vocabulary.functions import _LINK
 
@@ -399,25 +400,16 @@ def _limit(e: Expr, inf: dict[str, float], bound: dict) -> Expr:
 
 
 def _mixed(e: Op, args: tuple, i: int, bound: dict) -> Expr:
-    """A binary operation of an infinite constant (argument ``i``) and a finite expression."""
+    """A binary operation of an infinite constant (argument ``i``) and a finite expression: the
+    operator's limit rule (``OpSpec.limit``, hbm/vocabulary/functions.py)."""
     inf, other = args[i].value, args[1 - i]
-
-    def signed(s: int, what: str) -> Const:
-        if s == 0:
-            raise _Undefined(e, f"'{e}' is {what}, whose sign depends on '{other}'")
-        return Const(inf * s)
-    s = _sign(other, bound)
-    if e.op == "+":
-        return Const(inf)
-    if e.op == "-":
-        return Const(inf if i == 0 else -inf)
-    if e.op == "*":
-        return signed(s, f"{'-' if inf < 0 else ''}inf times '{other}'")
-    if e.op == "/":
-        return signed(s, f"{'-' if inf < 0 else ''}inf divided by '{other}'") if i == 0 else Const(0.0)
-    if e.op == "^" and i == 0 and inf > 0 and s != 0:
-        return Const(inf if s > 0 else 0.0)
-    raise _Undefined(e, f"'{e}' has no limit the compiler can tell")
+    rule = OPS[e.op].limit
+    value = rule(inf, i, _sign(other, bound)) if rule is not None else None
+    if isinstance(value, str):
+        raise _Undefined(e, f"'{e}' is {value} '{other}', whose sign depends on '{other}'")
+    if value is None:
+        raise _Undefined(e, f"'{e}' has no limit the compiler can tell")
+    return Const(value)
 
 
 def _sign(e: Expr, bound: dict) -> int:
@@ -428,24 +420,8 @@ def _sign(e: Expr, bound: dict) -> int:
         return 1 if bound[e.name] in ("positive", "unit") else 0
     if isinstance(e, Data):
         return e.sign
-    s = [_sign(a, bound) for a in e.args]
-    if e.op in ("exp", "softplus", "inv_logit"):
-        return 1
-    if e.op in ("sqrt", "abs"):
-        return 1 if s[0] != 0 and (e.op == "abs" or s[0] > 0) else 0
-    if e.op in ("neg",):
-        return -s[0]
-    if e.op in ("expm1", "log1p"):
-        return s[0]
-    if e.op in ("*", "/"):
-        return s[0] * s[1]
-    if e.op == "+":
-        return s[0] if s[0] == s[1] else 0
-    if e.op == "-":
-        return s[0] if s[0] == -s[1] else 0
-    if e.op == "^":
-        return 1 if s[0] > 0 else 0
-    return 0
+    rule = OPS[e.op].sign    # hbm/vocabulary/functions.py
+    return rule(*(_sign(a, bound) for a in e.args)) if rule is not None else 0
 
 
 def _identity(e: Op) -> Expr:

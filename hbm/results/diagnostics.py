@@ -4,16 +4,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 import numpy as np
+from hbm.errors import HbmError, did_you_mean
 from hbm.engines.importance import psis
 from hbm.engines.importance import systematic_resample
+from hbm.vocabulary.names import CORRECTIONS
 
 KHAT_GOOD = 0.5
 
 
 KHAT_OK = 0.7
-
-
-CORRECTIONS = ("none", "psis")
 
 
 LARGE = 1000   # latent values above which k-hat is practically never below 0.7, whatever the guide
@@ -63,6 +62,10 @@ def check_fit(result, config: Any):
     res = psis(lw)
     info = result.info or {}
     want = getattr(config, "correct", "none") or "none"
+    if want not in CORRECTIONS:
+        dym = did_you_mean(str(want), CORRECTIONS)
+        raise HbmError(f"unknown correction '{want}'", where="inference.correct",
+                       hint=(f"{dym} " if dym else "") + f"corrections: {', '.join(CORRECTIONS)}")
     dim = int(sum(np.prod(np.shape(v)[2:], dtype=np.int64) for v in result.samples.values()))
     diag: dict[str, Any] = {
         "method": "psis", "pareto_k": res.khat, "ess": res.ess, "ess_fraction": res.ess_fraction,

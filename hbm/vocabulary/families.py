@@ -2,7 +2,8 @@
 
 A family maps the linear predictor ``eta`` (on the link scale) and its own
 parameters (sigma, nu, phi) to a NumPyro distribution of the response. Adding a
-family is one new :class:`FamilySpec` in ``FAMILIES``.
+family is one new :class:`FamilySpec` in ``FAMILIES`` (and any other names for it in
+``FAMILY_ALIASES``); a link is one entry in ``INVERSE_LINKS``.
 """
 from __future__ import annotations
 
@@ -102,6 +103,11 @@ FAMILIES: dict[str, FamilySpec] = {f.name: f for f in [
     FamilySpec("lognormal", ("identity", "log"), ("sigma",), "positive", _lognormal),
     FamilySpec("beta", ("logit", "probit"), ("phi",), "unit", _beta),
 ]}
+
+# other names a spec may give a family
+FAMILY_ALIASES: dict[str, str] = {"gaussian": "normal", "student": "student_t", "t": "student_t",
+                                  "negbinomial": "negative_binomial", "negativebinomial": "negative_binomial",
+                                  "neg_binomial": "negative_binomial"}
 
 
 def check_response(support: str, y: np.ndarray, trials: np.ndarray | None = None) -> str | None:
