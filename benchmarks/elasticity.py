@@ -202,7 +202,7 @@ def worker_answer(args) -> dict:
     from numpyro.infer.initialization import init_to_feasible, init_to_median
 
     import hbm
-    from hbm.data.batching import split_kwargs
+    from hbm.engines.base import split_kwargs
     from hbm.engines.optim import build_optimizer
     from hbm.engines.svi import make_elbo
 

@@ -1,6 +1,7 @@
 """Several processes: ``hbm fit --distributed`` over 2 processes x 2 CPU devices on 127.0.0.1 gives the
 loss trajectory of one process; each process reads only its share of the row groups; only process 0
-writes the run directory."""
+prints (the summary, the convergence line, the verdict) and writes the run directory, the same files as
+a one-process fit's."""
 from __future__ import annotations
 
 import os
@@ -81,8 +82,17 @@ def test_two_processes_match_one(tmp_path):
     outs = [p.communicate(timeout=300) for p in [single] + procs]
     for p, (out, err) in zip([single] + procs, outs):
         assert p.returncode == 0, err[-3000:]
-    assert "results written" in outs[1][0] and "results written" not in outs[2][0]
+    assert "results written" in outs[1][0]
+    # process 1 prints nothing of its own (the collectives' library announces its connections)
+    assert [line for line in outs[2][0].splitlines() if not line.startswith("[Gloo]")] == []
     one, two = load_run(tmp_path / "one"), load_run(tmp_path / "two")
+    # the one `hbm fit` path: the same report (convergence line, PSIS verdict) and the same run files
+    for (out, _), run in zip(outs[:2], (one, two)):
+        assert "\nsvi: 60 steps, stopped: max_steps\n" in out
+        verdict = run.fit_info["diagnostics"]["verdict"]
+        assert verdict.startswith("Pareto k-hat") and f"\n{verdict}\n" in out
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert not list(tmp_path.glob("*.partial"))
     assert two.fit_info["devices"]["count"] == 4 and two.fit_info["data"]["rows"] == len(df)
     np.testing.assert_allclose(two.loss(), one.loss(), rtol=2e-4)
     assert len(one.loss()) == 60
@@ -154,3 +164,27 @@ def test_shares_of_the_rows_add_up_to_the_whole(layout):
         rows = jax.tree.map(jax.numpy.asarray, pad_rows(jax.tree.map(np.asarray, rows), 1, length))
         total += float(logp(params, rows, consts)) - prior
     np.testing.assert_allclose(total + prior, whole, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "inference.checkpoint_every=10"], "a distributed fit writes no checkpoints"),
+    (["--set", "inference.checkpoint_seconds=5"], "a distributed fit writes no checkpoints"),
+    (["--check-subset"], "--check-subset needs the whole table in one process"),
+])
+def test_distributed_refuses_what_it_cannot_do(tmp_path, capsys, extra, message):
+    """Said (exit 2) before any process connects: no coordinator is running here."""
+    from hbm.cli.main import main
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    data = tmp_path / "d.parquet"
+    _panel(products=4, periods=3).to_parquet(data, index=False)
+    code = main(["fit", str(spec), str(data), "--out", str(tmp_path / "x"), "--distributed", "--quiet",
+                 "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "0", *extra])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_resume_is_not_distributed(tmp_path, capsys):
+    from hbm.cli.main import main
+    assert main(["fit", "--resume", str(tmp_path / "x"), "--distributed"]) == 2
+    assert "a distributed fit writes no checkpoints" in capsys.readouterr().err

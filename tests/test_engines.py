@@ -260,3 +260,118 @@ def test_plugin_engine_from_entry_point(monkeypatch):
     assert isinstance(engine, _EchoEngine) and engine.fit(CONJ, Inference()).info["engine"] == "echo"
     with pytest.raises(HbmError, match=re.escape("engine 'broken' failed to load from entry point 'fake_pkg:broken'")):
         get_engine("broken")
+
+
+# ------------------------------------------------------------------ capabilities
+def test_builtin_engines_declare_what_they_can_do():
+    from hbm.engines import capabilities
+    got = {n: capabilities(get_engine(n)) for n in ("svi", "map", "laplace", "nuts")}
+    assert {n: c.kind for n, c in got.items()} == {"svi": "variational", "map": "optimizer",
+                                                   "laplace": "variational", "nuts": "sampler"}
+    assert {n for n, c in got.items() if c.minibatches} == {"svi", "map"}
+    assert {n for n, c in got.items() if c.checkpoints} == {"svi", "nuts"}
+
+
+class _PriorEngine:
+    """A plugin that draws from the prior (2 chains x 5 draws) and records what it was given."""
+
+    name = "prior"
+
+    def __init__(self):
+        self.given = []
+
+    def fit(self, problem, config, progress=None, **kw):
+        import jax
+        from numpyro.infer import Predictive
+        from hbm.engines import EngineResult, latent_site_names
+        self.given.append((problem, kw))
+        latent = latent_site_names(problem.model, problem.model_kwargs)
+        draws = Predictive(problem.model, num_samples=10)(jax.random.PRNGKey(0), **problem.model_kwargs)
+        return EngineResult(samples={k: np.asarray(draws[k]).reshape((2, 5) + draws[k].shape[1:])
+                                     for k in latent}, info={"engine": self.name})
+
+
+def _declaring(**caps):
+    return type("Declared", (_PriorEngine,), caps)()
+
+
+def _plugins(monkeypatch, **engines):
+    fakes = [_FakeEntryPoint(name, eng) for name, eng in engines.items()]
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep for ep in fakes if group == ep.group])
+
+
+def _frame(n=60, seed=0):
+    import pandas as pd
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, 4, n)
+    x = rng.normal(size=n)
+    return pd.DataFrame({"y": 1.0 + 0.5 * x + rng.normal(0, 0.3, 4)[g] + rng.normal(0, 0.5, n), "x": x,
+                         "g": [f"g{i}" for i in g]})
+
+
+SMALL = {"formula": "y ~ x + (1 | g)", "family": "gaussian"}
+
+
+def test_checkpoint_goes_to_engines_that_declare_checkpoints(monkeypatch, tmp_path):
+    import hbm
+    from hbm.io.checkpoint import Checkpointer
+    silent, saving = _PriorEngine(), _declaring(checkpoints=True)
+    _plugins(monkeypatch, silent=silent, saving=saving)
+    m = hbm.compile(SMALL, _frame())
+    hbm.fit(m, engine="silent", samples=10, checkpoint=tmp_path / "a")
+    hbm.fit(m, engine="saving", samples=10, checkpoint=tmp_path / "b")
+    # the silent engine's fit() takes **kw, but it did not declare checkpoints: it gets none
+    assert silent.given[0][1] == {}
+    (ckpt,) = saving.given[0][1].values()
+    assert isinstance(ckpt, Checkpointer) and ckpt.dir == tmp_path / "b"
+
+
+def test_fit_result_kind_follows_the_declaration(monkeypatch):
+    import hbm
+    _plugins(monkeypatch, plain=_PriorEngine(), mcmc=_declaring(kind="sampler"), point=_declaring(kind="optimizer"))
+    m = hbm.compile(SMALL, _frame())
+    plain, mcmc, point = (hbm.fit(m, engine=e, samples=10) for e in ("plain", "mcmc", "point"))
+    assert (plain.kind, mcmc.kind, point.kind) == ("variational", "sampler", "optimizer")
+    # a sampler gets the sampler's verdict and R-hat / ESS columns; the others neither
+    assert mcmc.diagnostics["kind"] == "sampler" and "r_hat" in mcmc.summary()
+    assert plain.diagnostics is None and "r_hat" not in plain.summary() and "r_hat" not in point.summary()
+
+
+def test_batch_size_needs_an_engine_that_declares_minibatches(monkeypatch, tmp_path, capsys):
+    import hbm
+    import yaml
+    from hbm.cli.main import main
+    batching = _declaring(minibatches=True)
+    _plugins(monkeypatch, plain=_PriorEngine(), batching=batching)
+    df = _frame()
+    for engine in ("plain", "nuts", "laplace"):
+        with pytest.raises(HbmError, match=re.escape(f"minibatches (batching, map, svi), not {engine}")):
+            hbm.compile({**SMALL, "batch_size": 16, "inference": {"engine": engine}}, df)
+    # the CLI says so and exits 2
+    spec, data = tmp_path / "s.yaml", tmp_path / "d.csv"
+    spec.write_text(yaml.safe_dump({**SMALL, "batch_size": 16, "inference": {"engine": "plain"}}))
+    df.to_csv(data, index=False)
+    assert main(["fit", str(spec), str(data), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "minibatches (batching, map, svi), not plain" in capsys.readouterr().err
+    # an engine that declares minibatches is given the stream in FitProblem.batches
+    m = hbm.compile({**SMALL, "batch_size": 16, "inference": {"engine": "batching"}}, df)
+    hbm.fit(m, samples=10)
+    problem = batching.given[0][0]
+    assert problem.batches is m.batches and problem.batches.batch_size == 16
+    # and one fitted without batch_size gets none
+    hbm.fit(hbm.compile({**SMALL, "inference": {"engine": "batching"}}, df), samples=10)
+    assert batching.given[1][0].batches is None
+    # hbm.fit(engine=...) on a minibatch model checks the engine it is given too
+    with pytest.raises(HbmError, match="not plain"):
+        hbm.fit(m, engine="plain")
+
+
+def test_a_bad_declaration_is_refused_at_loading(monkeypatch):
+    _plugins(monkeypatch, odd=_declaring(kind="exact"), flag=_declaring(checkpoints="yes"))
+    with pytest.raises(HbmError, match="engine 'odd' .* declares a bad capability: kind must be one of"):
+        get_engine("odd")
+    with pytest.raises(HbmError, match="checkpoints must be True or False"):
+        get_engine("flag")
+    # and an engine that declares nothing loads, with the defaults
+    from hbm.engines import Capabilities, capabilities
+    assert capabilities(_PriorEngine()) == Capabilities("variational", False, False)

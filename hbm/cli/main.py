@@ -155,8 +155,6 @@ def _check_inference(spec) -> None:
 
 
 def cmd_fit(args) -> int:
-    if getattr(args, "distributed", False):
-        return _fit_distributed(args)
     from hbm.io.checkpoint import is_locked, partial_dir
     from hbm.pipeline.compiled import compile_table
     from hbm.pipeline.compile import load_data
@@ -166,6 +164,8 @@ def cmd_fit(args) -> int:
                        hint="hbm fit SPEC [DATA], or hbm fit --resume RUN_DIR to continue an interrupted fit")
     spec = _spec(args)
     _check_inference(spec)
+    if getattr(args, "distributed", False):
+        return _fit_distributed(args, spec)
     run_dir = new_run_dir(args.out, spec.name, overwrite=args.overwrite)
     if partial_dir(run_dir).exists():
         if is_locked(partial_dir(run_dir)):
@@ -186,46 +186,43 @@ def cmd_fit(args) -> int:
     return _fit_and_save(args, spec, model, source, run_dir, compile_s, resume, table=df)
 
 
-def _fit_distributed(args) -> int:
-    """``hbm fit ... --distributed``: every process fits; process 0 reports and writes the run."""
-    import dataclasses
-
+def _fit_distributed(args, spec) -> int:
+    """``hbm fit ... --distributed``: each process compiles its share of the rows
+    (:mod:`hbm.pipeline.distributed`), then fits as one process does (:func:`_fit_and_save`)."""
     import jax
 
     from hbm.io.rundir import new_run_dir
     from hbm.pipeline.distributed import compile_file, initialize
-    from hbm.pipeline.fit import fit
-    from hbm.results.summary import format_summary
+    _check_distributed(args, spec)
     initialize(args.coordinator, args.num_processes, args.process_id)
-
-    spec = _spec(args)
     writer = jax.process_index() == 0
-    if args.out is None:
-        raise HbmError("--distributed needs --out: every process must name the same run directory",
-                       where="--out")
     run_dir = new_run_dir(args.out, spec.name, overwrite=args.overwrite) if writer else Path(args.out)
     data = _data_arg(args) or spec.data
-    if data is None:
-        raise HbmError("--distributed needs a Parquet data file", where="data")
     t0 = time.perf_counter()
     model = compile_file(spec, data)
     compile_s = time.perf_counter() - t0
-    if writer:
-        print(f"compiled {spec.name}: {model.n_rows:,} rows from {data} over {jax.process_count()} processes, "
-              f"{model.n_devices} devices ({compile_s:.1f} s)", file=sys.stderr)
-    bar = ProgressBar(spec.inference.engine) if writer and not args.quiet else None
-    result = fit(model, progress=bar)
-    if bar:
-        bar.close()
-    if not writer:
-        return 0
-    result.timings["compile_model_s"] = compile_s
-    print(format_summary(result.summary()))
-    # the run directory's observed data: every row's response, in the file's order
-    result.model = dataclasses.replace(model, rows={"y": model.observed_y})
-    path = result.save(run_dir, overwrite=args.overwrite)
-    print(f"results written to {path}")
-    return 0
+    source = f"{data} over {jax.process_count()} processes, {model.n_devices} devices"
+    return _fit_and_save(args, spec, model, source, run_dir, compile_s, None)
+
+
+def _check_distributed(args, spec) -> None:
+    """What ``--distributed`` refuses, said before any process connects."""
+    from hbm.spec import InferenceSpec
+    if args.out is None:
+        raise HbmError("--distributed needs --out: every process must name the same run directory",
+                       where="--out")
+    if (_data_arg(args) or spec.data) is None:
+        raise HbmError("--distributed needs a Parquet data file", where="data")
+    inf, default = spec.inference, InferenceSpec()
+    if inf.checkpoint_every is not None or inf.checkpoint_seconds != default.checkpoint_seconds:
+        raise HbmError("a distributed fit writes no checkpoints: every process would have to resume from the "
+                       "same saved state", where="inference.checkpoint_every",
+                       hint="remove inference.checkpoint_every and inference.checkpoint_seconds, or fit in "
+                            "one process (without --distributed)")
+    if getattr(args, "check_subset", False):
+        raise HbmError("--check-subset needs the whole table in one process; a distributed fit has only "
+                       "its share", where="--check-subset",
+                       hint="check a one-process fit of a subset, or leave out --check-subset")
 
 
 def cmd_resume(args) -> int:
@@ -233,6 +230,9 @@ def cmd_resume(args) -> int:
     from hbm.pipeline.compiled import compile_table
     from hbm.pipeline.compile import load_data
     from hbm.spec import load_spec
+    if getattr(args, "distributed", False):
+        raise HbmError("--resume continues a one-process fit; a distributed fit writes no checkpoints",
+                       where="--distributed", hint="start the distributed fit again, or resume without --distributed")
     if args.spec is not None:
         raise HbmError("--resume continues a fit with the spec it was started with; give no SPEC",
                        where="command line", hint="change settings with --set key=value")
@@ -288,42 +288,62 @@ def _resume_overrides(spec, overrides: list[str]):
     return new
 
 
-def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, part=None, table=None) -> int:
-    """Fit with checkpoints in ``<run_dir>.partial``, write the run directory, remove the partial one."""
+def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict | None, part=None,
+                  table=None) -> int:
+    """Fit, print the summary, the convergence and the verdict, and write the run directory.
+
+    One process: checkpoints in ``<run_dir>.partial`` (``resume`` is what ``--resume`` reads there),
+    removed once the run directory is written. ``--distributed`` (``resume`` None): every process
+    fits, without checkpoints; process 0 alone prints and writes.
+    """
+    import dataclasses
+
+    import jax
+
     from hbm.io.checkpoint import Checkpointer, lock_partial, remove_partial, start_partial, write_resume_info
     from hbm.pipeline.fit import fit
+    from hbm.results.diagnostics import report_lines
     from hbm.results.summary import format_summary
-    print(f"compiled {spec.name}: {model.n_rows:,} rows from {source}, "
-          + ", ".join(f"{p.name} {p.size:,}" for p in model.ir.plates) + f" ({compile_s:.1f} s)",
-          file=sys.stderr)
-    if part is None:
-        part = start_partial(run_dir, spec.to_dict(), overwrite=args.overwrite)
-        lock = lock_partial(part)
-    else:
-        lock = lock_partial(part)
-        from hbm.io.checkpoint import SPEC_FILE, atomic_write
-        import yaml
-        from hbm.io.rundir import _plain
-        atomic_write(part / SPEC_FILE, yaml.safe_dump(_plain(spec.to_dict()), sort_keys=False))
-    write_resume_info(part, resume)
-    print(f"checkpoints in {part} (after a crash: hbm fit --resume {run_dir})", file=sys.stderr)
-    ckpt = Checkpointer.from_config(part, spec.inference)
-    bar = None if args.quiet else ProgressBar(spec.inference.engine)
+    writer = jax.process_index() == 0
+
+    def say(*a, **k):
+        if writer:
+            print(*a, **k)
+    say(f"compiled {spec.name}: {model.n_rows:,} rows from {source}, "
+        + ", ".join(f"{p.name} {p.size:,}" for p in model.ir.plates) + f" ({compile_s:.1f} s)", file=sys.stderr)
+    ckpt = lock = None
+    if resume is not None:
+        if part is None:
+            part = start_partial(run_dir, spec.to_dict(), overwrite=args.overwrite)
+            lock = lock_partial(part)
+        else:
+            lock = lock_partial(part)
+            from hbm.io.checkpoint import SPEC_FILE, atomic_write
+            import yaml
+            from hbm.io.rundir import _plain
+            atomic_write(part / SPEC_FILE, yaml.safe_dump(_plain(spec.to_dict()), sort_keys=False))
+        write_resume_info(part, resume)
+        say(f"checkpoints in {part} (after a crash: hbm fit --resume {run_dir})", file=sys.stderr)
+        ckpt = Checkpointer.from_config(part, spec.inference)
+    bar = None if args.quiet or not writer else ProgressBar(spec.inference.engine)
     try:
         result = fit(model, progress=bar, checkpoint=ckpt)
     except BaseException as e:
         if bar:
             bar.close()
-        if ckpt.saves == 0 and ckpt.resumed_from is None and not _holds_state(part):
-            remove_partial(part)   # nothing worth keeping: leave no litter
-        elif isinstance(e, KeyboardInterrupt):
-            print(f"the fit's last checkpoint is in {part}; continue with `hbm fit --resume {run_dir}`",
-                  file=sys.stderr)
+        if ckpt is not None:
+            if ckpt.saves == 0 and ckpt.resumed_from is None and not _holds_state(part):
+                remove_partial(part)   # nothing worth keeping: leave no litter
+            elif isinstance(e, KeyboardInterrupt):
+                print(f"the fit's last checkpoint is in {part}; continue with `hbm fit --resume {run_dir}`",
+                      file=sys.stderr)
         if lock is not None:
             lock.close()
         raise
     if bar:
         bar.close()
+    if not writer:
+        return 0
     result.timings["compile_model_s"] = compile_s
     print(format_summary(result.summary()))
     info = result.engine.info
@@ -335,7 +355,6 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, p
         print(f"\n{result.config.engine}: ran {len(r['earlier_runs'])} more time(s), last with target_accept "
               f"{result.config.target_accept:g}, {result.config.warmup} warmup and {result.config.samples} draws "
               f"per chain (" + "; then ".join(e["reason"] for e in r["earlier_runs"]) + ")")
-    from hbm.results.diagnostics import report_lines
     for line in report_lines(getattr(result, "diagnostics", None)):
         print(line)
     if getattr(args, "check_subset", False) and result.kind != "sampler" and table is not None:
@@ -344,8 +363,12 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict, p
         result.diagnostics = {**(result.diagnostics or {}), "subset_check": check}
         print(check["verdict"])
         print(check["overall"])
+    observed = getattr(model, "observed_y", None)
+    if observed is not None:   # distributed: every row's response, in the file's order
+        result.model = dataclasses.replace(model, rows={"y": observed})
     path = result.save(run_dir, overwrite=args.overwrite)
-    remove_partial(part)
+    if part is not None:
+        remove_partial(part)
     if lock is not None:
         lock.close()
     print(f"results written to {path}")

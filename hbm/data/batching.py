@@ -16,7 +16,7 @@ How rows get there:
   row of the chunk is in the batch with the same probability, so the estimate
   is unbiased. No gather: a dynamic slice.
 - When the chunk is not all the data, chunk b of the fit is put in place before
-  block b of steps (``advance``). Chunk b holds positions ``[b C, (b + 1) C)`` of
+  block b of steps (``kwargs_at``). Chunk b holds positions ``[b C, (b + 1) C)`` of
   the endless sequence of the rows' epoch permutations (epoch e permuted by
   ``seed`` and e alone), so it is a function of the block number: a fit resumed
   from a checkpoint sees the same chunks as one that never stopped. The next one
@@ -39,7 +39,6 @@ import numpy as np
 from hbm.errors import HbmError
 
 CHUNK_ROWS = 1 << 22     # rows kept on the devices at a time (when the data has more)
-ENGINES = ("svi", "map")  # engines whose steps may use a different batch each
 
 
 class BatchStream:
@@ -74,14 +73,13 @@ class BatchStream:
     def model_kwargs(self) -> dict:
         return {"rows": {"chunk": self._current, "stream": self}, "consts": self._consts}
 
-    def advance(self, dyn: list, rebuild: Callable, block: int) -> list:
-        """``dyn`` (the engine's array arguments) with chunk ``block`` in place; the same ``dyn``
-        when the chunk is all the data or already in place."""
+    def kwargs_at(self, block: int) -> dict | None:
+        """The model's keyword arguments with chunk ``block`` in place; None when the chunk is all
+        the data or already in place (``hbm.engines.base.Batches``)."""
         if self.whole or block == self.block:
-            return dyn
-        kw = rebuild(dyn)
-        kw["rows"] = {"chunk": self.chunk_at(block), "stream": self}
-        return split_kwargs(kw)[0]
+            return None
+        self.chunk_at(block)
+        return self.model_kwargs()
 
     def next_chunk(self) -> dict:
         """The chunk of the next block, put in place."""
@@ -183,33 +181,3 @@ def batched(model: Callable) -> Callable:
             return model(window(stream, rows["chunk"], start), consts, mode, stream.scale)
         return model(rows, consts, mode, scale)
     return model_fn
-
-
-def batch_stream(model_kwargs: dict) -> BatchStream | None:
-    """The stream of a minibatch fit's model arguments, or None (the engines' hook)."""
-    rows = model_kwargs.get("rows") if isinstance(model_kwargs, dict) else None
-    return rows.get("stream") if isinstance(rows, dict) else None
-
-def split_kwargs(kwargs: dict) -> tuple[list, Callable[[list], dict]]:
-    """Array leaves of ``kwargs`` (jit arguments) and a function rebuilding ``kwargs`` from them.
-
-    Arrays go through ``jit`` as arguments, not as baked-in constants (large data,
-    device sharding); NumPy arrays are put on the device once, here, not at every
-    call. Everything else stays static.
-    """
-    import jax
-
-    leaves, treedef = jax.tree.flatten(kwargs)
-    idx = [i for i, x in enumerate(leaves)
-           if isinstance(x, (jax.Array, np.ndarray)) and np.dtype(x.dtype).kind in "biufc"]
-    leaves = [jax.device_put(x) if i in idx and isinstance(x, np.ndarray) else x
-              for i, x in enumerate(leaves)]
-
-    def rebuild(dyn: list) -> dict:
-        out = list(leaves)
-        for i, v in zip(idx, dyn):
-            out[i] = v
-        return jax.tree.unflatten(treedef, out)
-
-    return [leaves[i] for i in idx], rebuild
-

@@ -4,9 +4,10 @@
     >>> get_engine("svi").name
     'svi'
 """
-from hbm.engines.base import Engine, EngineResult, FitProblem, latent_site_names
+from hbm.engines.base import (Batches, Capabilities, Engine, EngineResult, FitProblem, capabilities,
+                              latent_site_names)
 from hbm.engines.optim import build_optimizer, build_optax
-from hbm.engines.registry import available_engines, get_engine
+from hbm.engines.registry import available_engines, engines_that, get_engine
 
-__all__ = ["Engine", "EngineResult", "FitProblem", "available_engines", "build_optax",
-           "build_optimizer", "get_engine", "latent_site_names"]
+__all__ = ["Batches", "Capabilities", "Engine", "EngineResult", "FitProblem", "available_engines",
+           "build_optax", "build_optimizer", "capabilities", "engines_that", "get_engine", "latent_site_names"]

@@ -1,8 +1,10 @@
-"""What every inference engine takes and returns.
+"""What every inference engine takes, returns and declares.
 
-An engine sees only a :class:`FitProblem` (a NumPyro model and its keyword
-arguments) and an ``InferenceSpec``; it returns an :class:`EngineResult` of
-plain NumPy arrays, so the results stage never depends on which engine ran.
+An engine sees only a :class:`FitProblem` (a NumPyro model, its keyword
+arguments and, for a minibatch fit, the stream of batches) and an
+``InferenceSpec``; it returns an :class:`EngineResult` of plain NumPy arrays,
+so the results stage never depends on which engine ran. What it can do it
+declares as class attributes (:class:`Engine`, read by :func:`capabilities`).
 """
 from __future__ import annotations
 
@@ -15,12 +17,32 @@ Progress = Callable[[int, int, "float | None"], None]
 """``progress(step, total, loss)``, called once per block of steps."""
 
 
+@runtime_checkable
+class Batches(Protocol):
+    """A minibatch stream as an engine sees it (``hbm.data.batching.BatchStream``).
+
+    ``model_kwargs`` hold one chunk of the rows; each step the model draws its batch from it.
+    An engine that runs its steps in blocks puts chunk ``b`` in place before block ``b``:
+    ``kwargs_at(b)`` is the model's keyword arguments with that chunk, or None when the
+    arguments in use hold it already (all rows fit in one chunk, or it is in place).
+    """
+
+    batch_size: int
+
+    def kwargs_at(self, block: int) -> dict | None: ...
+
+
 @dataclass(frozen=True)
 class FitProblem:
-    """``model(**model_kwargs)`` is a NumPyro model whose observed sites are conditioned already."""
+    """``model(**model_kwargs)`` is a NumPyro model whose observed sites are conditioned already.
+
+    ``batches``: the minibatch stream when the fit is on minibatches (``batch_size``), else None;
+    only engines that declare ``minibatches = True`` are given one.
+    """
 
     model: Callable
     model_kwargs: dict = field(default_factory=dict)
+    batches: Batches | None = None
 
 
 @dataclass
@@ -41,15 +63,80 @@ class EngineResult:
     timings: dict[str, float | None] = field(default_factory=dict)
 
 
+KINDS = ("sampler", "variational", "optimizer")
+
+
 @runtime_checkable
 class Engine(Protocol):
-    """An inference algorithm, registered under ``name`` in the ``hbm.engines`` entry points."""
+    """An inference algorithm, registered under ``name`` in the ``hbm.engines`` entry points.
+
+    What it can do, as class attributes (an engine that declares none gets the defaults shown;
+    :func:`capabilities` reads them):
+
+    - ``kind``: ``"sampler"`` (MCMC draws: R-hat, ESS and divergences give the sampler's verdict,
+      and an untrustworthy run is run again), ``"variational"`` (draws from an approximation of
+      the posterior: PSIS on the importance weights it gives, ``--check-subset``) or
+      ``"optimizer"`` (a point estimate: one draw). ``FitResult.kind`` is the engine's.
+    - ``minibatches``: fits on minibatches (``batch_size``) from ``FitProblem.batches``.
+    - ``checkpoints``: ``fit`` takes ``checkpoint=`` (an ``hbm.io.checkpoint.Checkpointer``);
+      ``hbm.fit`` passes one only to such an engine.
+    """
 
     name: str
+    kind: str = "variational"
+    minibatches: bool = False
+    checkpoints: bool = False
 
     def fit(self, problem: FitProblem, config: Any, progress: Progress | None = None) -> EngineResult:
         """Fit ``problem`` as ``config`` (an ``hbm.spec.InferenceSpec``) says."""
         ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine declares (:class:`Engine`), defaults filled in."""
+
+    kind: str = "variational"
+    minibatches: bool = False
+    checkpoints: bool = False
+
+
+def capabilities(engine: Any) -> Capabilities:
+    """``engine``'s declared kind, minibatches and checkpoints (the defaults where it declares
+    none); a :class:`ValueError` naming the attribute when a declaration is not one of them."""
+    out = Capabilities(kind=getattr(engine, "kind", Capabilities.kind),
+                       minibatches=getattr(engine, "minibatches", Capabilities.minibatches),
+                       checkpoints=getattr(engine, "checkpoints", Capabilities.checkpoints))
+    if out.kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {out.kind!r}")
+    for flag in ("minibatches", "checkpoints"):
+        if not isinstance(getattr(out, flag), bool):
+            raise ValueError(f"{flag} must be True or False, not {getattr(out, flag)!r}")
+    return out
+
+
+def split_kwargs(kwargs: dict) -> tuple[list, Callable[[list], dict]]:
+    """Array leaves of ``kwargs`` (jit arguments) and a function rebuilding ``kwargs`` from them.
+
+    Arrays go through ``jit`` as arguments, not as baked-in constants (large data,
+    device sharding); NumPy arrays are put on the device once, here, not at every
+    call. Everything else stays static.
+    """
+    import jax
+
+    leaves, treedef = jax.tree.flatten(kwargs)
+    idx = [i for i, x in enumerate(leaves)
+           if isinstance(x, (jax.Array, np.ndarray)) and np.dtype(x.dtype).kind in "biufc"]
+    leaves = [jax.device_put(x) if i in idx and isinstance(x, np.ndarray) else x
+              for i, x in enumerate(leaves)]
+
+    def rebuild(dyn: list) -> dict:
+        out = list(leaves)
+        for i, v in zip(idx, dyn):
+            out[i] = v
+        return jax.tree.unflatten(treedef, out)
+
+    return [leaves[i] for i in idx], rebuild
 
 
 def latent_site_names(model: Callable, model_kwargs: dict) -> list[str]:

@@ -1,8 +1,7 @@
 """Importance weights of a variational fit: the guide's draws weighted by the model, and PSIS."""
 from __future__ import annotations
 
-from hbm.data.batching import split_kwargs
-from hbm.engines.base import latent_names
+from hbm.engines.base import latent_names, split_kwargs
 
 import dataclasses
 import numpy as np
@@ -19,8 +18,8 @@ def guide_draws_weighted(fit, seed: int, draws: int, *, row_budget: int = ROW_BU
     ``fit`` is an :class:`hbm.engines.svi.SVIFit`. Returns ``(samples, log_w, log_q)``: samples as
     ``guide_draws`` gives them, ``(1, draws, *shape)`` NumPy arrays; ``log_w`` of shape ``(draws,)``
     (float64), ``log p(y, z) - log q(z)`` for each draw; and ``log_q``, the guide's log density of
-    each draw. When the model was fitted on minibatches (``batch_size``; its arguments carry a batch
-    stream), the model sees one random batch per call, not every row: ``log_w`` is then None, and
+    each draw. When the model was fitted on minibatches (``batch_size``; ``fit.minibatches``), the
+    model sees one random batch per call, not every row: ``log_w`` is then None, and
     the caller adds the log joint over all rows (:func:`model_log_joint`).
     """
     import jax
@@ -28,13 +27,10 @@ def guide_draws_weighted(fit, seed: int, draws: int, *, row_budget: int = ROW_BU
     from numpyro.infer.util import log_density
 
 
-    minibatches = []
-
     def fn(svi, params, kw):
         guide, model = svi.guide, svi.model
         names = latent_names(guide)
-        full = not _is_minibatched(kw)
-        minibatches.append(not full)
+        full = not fit.minibatches
         rows = _row_count(kw) if full else 1
         width = sum(int(np.prod(np.shape(guide.prototype_trace[n]["value"]))) for n in names)
         batch = int(max(1, min(draws, row_budget // max(rows, 1), WIDTH_BUDGET // max(width, 1))))
@@ -53,12 +49,7 @@ def guide_draws_weighted(fit, seed: int, draws: int, *, row_budget: int = ROW_BU
     values, log_w, log_q = fit.in_trace(fn, fast=True)(fit.state)
     samples = {k: np.asarray(v)[None] for k, v in values.items()}
     log_q = np.asarray(log_q, dtype=np.float64)
-    return samples, (None if minibatches[0] else np.asarray(log_w, dtype=np.float64)), log_q
-
-
-def _is_minibatched(kw) -> bool:
-    rows = kw.get("rows") if isinstance(kw, dict) else None
-    return isinstance(rows, dict) and "stream" in rows
+    return samples, (None if fit.minibatches else np.asarray(log_w, dtype=np.float64)), log_q
 
 
 def model_log_joint(model, model_kwargs: dict, samples: dict, *, row_budget: int = ROW_BUDGET) -> np.ndarray:

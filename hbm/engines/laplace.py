@@ -34,6 +34,9 @@ class LaplaceEngine:
     """``engine: laplace`` — MAP (optimised like ``svi``) plus a Gaussian from the Hessian there."""
 
     name = "laplace"
+    kind = "variational"    # draws from a Gaussian approximation of the posterior
+    minibatches = False
+    checkpoints = False
 
     def fit(self, problem: FitProblem, config: Any, progress: Progress | None = None) -> EngineResult:
         import jax

@@ -29,6 +29,9 @@ class MAPEngine:
     """``engine: map`` — the (marginal) posterior mode (see the module docstring)."""
 
     name = "map"
+    kind = "optimizer"
+    minibatches = True      # the joint mode (no group-level effects, or group_effects: joint) only
+    checkpoints = False
 
     def fit(self, problem: FitProblem, config: Any, progress: Progress | None = None) -> EngineResult:
         from numpyro.infer import Trace_ELBO
@@ -36,7 +39,7 @@ class MAPEngine:
 
         opts = read_options(config, self.name)
         if opts.group_effects == "integrate":
-            split = split_sites(problem.model, problem.model_kwargs)
+            split = split_sites(problem.model, problem.model_kwargs, minibatch=problem.batches is not None)
             if split.u:
                 return run_marginal(problem, config, split, opts, self.name, progress)
         fit = run_svi(problem, config, guide_factory("delta"), Trace_ELBO(), progress=progress)

@@ -52,9 +52,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hbm.errors import HbmError, did_you_mean
-from hbm.engines.base import EngineResult, FitProblem, Progress, compile_once
-from hbm.data.batching import split_kwargs
-from hbm.data.batching import batch_stream
+from hbm.engines.base import EngineResult, FitProblem, Progress, compile_once, split_kwargs
 
 # Measured roughly on a shared 2-core CPU, y ~ x + (1 | g) with 10 rows a group: one evaluation of
 # the objective and its gradient (2 Hessians in u, the log det's gradient) takes ~0.7 s with 250
@@ -133,12 +131,12 @@ class SiteSplit:
         return int(sum(np.prod(self.shapes[n], dtype=int) for n in self.u))
 
 
-def split_sites(model: Callable, model_kwargs: dict) -> SiteSplit:
+def split_sites(model: Callable, model_kwargs: dict, minibatch: bool = False) -> SiteSplit:
     """Split the latent sample sites of ``model`` by abstract tracing (nothing is computed).
 
     Sizes counted are those of the constrained values (an unconstrained vector may be
     smaller, e.g. a correlation Cholesky factor); a latent site is group-level when it
-    is sampled inside a plate.
+    is sampled inside a plate. ``minibatch``: the fit is on minibatches (``FitProblem.batches``).
     """
     import jax
     from numpyro import handlers
@@ -156,7 +154,7 @@ def split_sites(model: Callable, model_kwargs: dict) -> SiteSplit:
         return 0
 
     jax.eval_shape(run)
-    return SiteSplit(tuple(theta), tuple(u), shapes, batch_stream(model_kwargs) is not None)
+    return SiteSplit(tuple(theta), tuple(u), shapes, bool(minibatch))
 
 
 def check_size(split: SiteSplit, opts: MarginalOptions, engine: str) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hbm.engines.base import EngineResult, FitProblem, Progress, compile_once, hbm_init, latent_site_names
-from hbm.data.batching import split_kwargs
+from hbm.engines.base import (EngineResult, FitProblem, Progress, compile_once, hbm_init, latent_site_names,
+                              split_kwargs)
 
 EXTRA_FIELDS = {"diverging": "diverging", "accept_prob": "accept_prob", "num_steps": "num_steps",
                 "energy": "energy", "adapt_state.step_size": "step_size"}
@@ -35,6 +35,9 @@ class NUTSEngine:
     """``engine: nuts`` — ``warmup`` + ``samples`` draws in each of ``chains`` chains."""
 
     name = "nuts"
+    kind = "sampler"
+    minibatches = False
+    checkpoints = True
 
     def fit(self, problem: FitProblem, config: Any, progress: Progress | None = None,
             checkpoint: Any = None) -> EngineResult:

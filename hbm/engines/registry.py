@@ -4,14 +4,16 @@ The built-in engines are registered there too (see ``pyproject.toml``), so a
 plugin is found exactly as ``svi`` is. An entry point may name an engine
 object or a class (instantiated with no arguments). Running from a source tree
 where hbm is not installed, the built-in table stands in for the missing
-entry points.
+entry points. What an engine can do (kind, minibatches, checkpoints) it declares
+itself (:class:`hbm.engines.base.Engine`); a plugin that declares nothing loads
+with the defaults (variational, no minibatches, no checkpoints).
 """
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
 
 from hbm.errors import HbmError, did_you_mean
-from hbm.engines.base import Engine
+from hbm.engines.base import Engine, capabilities
 
 GROUP = "hbm.engines"
 BUILTIN: dict[str, str] = {
@@ -53,7 +55,38 @@ def get_engine(name: str) -> Engine:
     if not callable(getattr(engine, "fit", None)):
         raise HbmError(f"entry point '{ep.value}' for engine '{name}' has no fit() method",
                        where="inference.engine", hint="an engine needs `name` and `fit(problem, config, progress)`")
+    try:
+        capabilities(engine)
+    except ValueError as e:
+        raise HbmError(f"engine '{name}' from entry point '{ep.value}' declares a bad capability: {e}",
+                       where="inference.engine",
+                       hint="kind: sampler, variational or optimizer; minibatches, checkpoints: True or False") from e
     return engine
 
 
-__all__ = ["available_engines", "get_engine", "GROUP", "BUILTIN"]
+def engines_that(capability: str) -> list[str]:
+    """Names of the registered engines that declare ``capability`` (``"minibatches"`` or
+    ``"checkpoints"``), sorted; engines that fail to load are left out."""
+    found = []
+    for name in available_engines():
+        try:
+            engine = get_engine(name)
+        except HbmError:
+            continue
+        if getattr(capabilities(engine), capability):
+            found.append(name)
+    return found
+
+
+def check_minibatches(name: str) -> None:
+    """An :class:`HbmError` (``where="batch_size"``) unless engine ``name`` fits on minibatches;
+    the message names the engines that do."""
+    if capabilities(get_engine(name)).minibatches:
+        return
+    able = engines_that("minibatches")
+    raise HbmError(f"batch_size needs an optimisation engine that fits on minibatches ({', '.join(able)}), "
+                   f"not {name}", where="batch_size",
+                   hint="remove batch_size, or use engine: " + ("svi" if "svi" in able or not able else able[0]))
+
+
+__all__ = ["available_engines", "get_engine", "engines_that", "check_minibatches", "GROUP", "BUILTIN"]

@@ -53,12 +53,10 @@ from typing import Any, Callable
 import numpy as np
 
 from hbm.errors import HbmError, did_you_mean
-from hbm.engines.base import EngineResult, FitProblem, Progress, compile_once, hbm_init, to_numpy
-from hbm.data.batching import split_kwargs
+from hbm.engines.base import EngineResult, FitProblem, Progress, compile_once, hbm_init, split_kwargs, to_numpy
 from hbm.engines.guides import guide_factory
 from hbm.engines.optim import build_optimizer
 from hbm.engines.base import latent_names
-from hbm.data.batching import batch_stream
 from hbm.engines.importance import guide_draws_weighted
 from hbm.vocabulary.names import LOSSES
 
@@ -116,6 +114,7 @@ class SVIFit:
     info: dict
     timings: dict
     in_trace: Callable  # in_trace(fn, fast=True)(state) -> fn(svi, params, kwargs), compiled with a fresh SVI
+    minibatches: bool = False   # fitted on minibatches: the model saw one batch per call
 
 
 def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
@@ -135,7 +134,7 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     optim = build_optimizer(config.optimizer_fn)
     model = problem.model
     dyn, rebuild = split_kwargs(problem.model_kwargs)
-    stream = batch_stream(problem.model_kwargs)  # minibatches (hbm.data.batching): chunk b for block b
+    stream = problem.batches  # minibatches: chunk b for block b
     steps = int(config.steps)
     if steps < 1:
         raise HbmError(f"steps must be at least 1, got {steps}", where="inference.steps")
@@ -235,7 +234,8 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
         block_end = min(done - done % size + size, steps)
         while done < block_end:
             n = min(piece, block_end - done)
-            dyn = dyn if stream is None else stream.advance(dyn, rebuild, done // size)
+            kw = None if stream is None else stream.kwargs_at(done // size)
+            dyn = dyn if kw is None else split_kwargs(kw)[0]
             start, (state, losses, ran, acc) = state, step_block(state, dyn, np.int32(n))
             losses = np.asarray(losses, np.float64)[: int(ran)]
             block_sum = acc if block_sum is None else jax.tree_util.tree_map(jnp.add, block_sum, acc)
@@ -298,7 +298,8 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
         info["checkpoints"] = checkpoint.saves
         if checkpoint.resumed_from is not None:
             info["resumed_from_step"] = checkpoint.resumed_from
-    return SVIFit(state, loss, info, {"init_s": init_s, "compile_s": compile_s, "fit_s": fit_s}, in_trace)
+    return SVIFit(state, loss, info, {"init_s": init_s, "compile_s": compile_s, "fit_s": fit_s}, in_trace,
+                  minibatches=stream is not None)
 
 
 def _raise_non_finite(step: int, state, loss: np.ndarray, in_trace: Callable, saved_in: str | None = None):
@@ -360,6 +361,9 @@ class SVIEngine:
     """``engine: svi`` — variational inference with an autoguide (see the module docstring)."""
 
     name = "svi"
+    kind = "variational"
+    minibatches = True
+    checkpoints = True
 
     def fit(self, problem: FitProblem, config: Any, progress: Progress | None = None,
             checkpoint: Any = None) -> EngineResult:

@@ -38,7 +38,8 @@ from hbm.frontend.parse import parse_nonlinear
 from hbm.data.encode_nonlinear import encode_nonlinear
 from hbm.lowering.nonlinear import make_nonlinear_model
 from hbm.resolve.nonlinear import resolve_nonlinear
-from hbm.data.batching import ENGINES, BatchStream, batched
+from hbm.data.batching import BatchStream, batched
+from hbm.engines.registry import check_minibatches
 
 
 @dataclass
@@ -176,10 +177,8 @@ def _shard(rows: dict, n_dev: int):
 def batched_model(spec, formula, model_ir, enc, rows, consts, model_fn, mesh, fingerprint):
     """A CompiledModel that fits on minibatches of ``spec.batch_size`` rows (``hbm.pipeline.compiled``)."""
 
-    if spec.inference.engine not in ENGINES + ("auto",):
-        raise HbmError(f"batch_size needs an optimisation engine ({', '.join(ENGINES)}), "
-                       f"not {spec.inference.engine}", where="batch_size",
-                       hint="remove batch_size, or use engine: svi")
+    if spec.inference.engine != "auto":   # the engine's own declaration (hbm.engines.base.Engine)
+        check_minibatches(spec.inference.engine)
     n = int(rows["y"].shape[0])
     host_rows, _ = build_rows(model_ir, Layout("flat", n), rows)
     stream = BatchStream(host_rows, place({}, consts, mesh)[1], spec.batch_size,

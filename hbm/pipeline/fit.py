@@ -15,8 +15,8 @@ from typing import Callable
 import numpy as np
 
 from hbm.pipeline.compiled import CompiledModel
-from hbm.engines.base import EngineResult, FitProblem
-from hbm.engines.registry import get_engine
+from hbm.engines.base import EngineResult, FitProblem, capabilities
+from hbm.engines.registry import check_minibatches, get_engine
 from hbm.errors import HbmError
 from hbm.results.outputs import build_outputs, site_draws
 from hbm.results.summary import Outputs, summarize, to_inference_data
@@ -31,9 +31,6 @@ from hbm.pipeline.predict import run_files
 from hbm.io.rundir import save_fit
 from hbm.pipeline.predict import Predictor
 
-SAMPLERS = ("nuts",)
-
-
 @dataclass
 class FitResult:
     """A finished fit: the model, the engine's raw result and the named parameters."""
@@ -45,10 +42,7 @@ class FitResult:
     timings: dict = field(default_factory=dict)
     _summary: object = None
     diagnostics: dict | None = None   # PSIS of a variational fit (hbm/results/diagnostics.py)
-
-    @property
-    def kind(self) -> str:
-        return "sampler" if self.config.engine in SAMPLERS else "variational"
+    kind: str = "variational"         # the engine's declared kind: sampler | variational | optimizer
 
     def summary(self):
         """One row per parameter element: mean, sd, quantiles and diagnostics (a DataFrame)."""
@@ -103,7 +97,8 @@ def fit(model: CompiledModel, engine: str | None = None, progress: Callable | No
 
     ``checkpoint``: a directory (or an :class:`hbm.io.checkpoint.Checkpointer`) where the engine
     saves its state as ``inference.checkpoint_every`` / ``checkpoint_seconds`` say; a fit given
-    a directory that holds a state continues from it. Engines without checkpoints ignore it.
+    a directory that holds a state continues from it. It is passed to engines that declare
+    ``checkpoints`` (:class:`hbm.engines.base.Engine`); the others ignore it.
     """
     config = model.spec.inference
     if engine is not None:
@@ -123,14 +118,17 @@ def fit(model: CompiledModel, engine: str | None = None, progress: Callable | No
             # small hierarchies (few groups) leave the odd divergence at 0.8; 0.9 costs a few more steps
             config = dataclasses.replace(config, target_accept=AUTO_TARGET_ACCEPT)
     eng = get_engine(config.engine)
+    caps = capabilities(eng)
+    if model.batches is not None:
+        check_minibatches(config.engine)
     kwargs = {}
-    if checkpoint is not None and _takes_checkpoint(eng):
+    if checkpoint is not None and caps.checkpoints:
         kwargs["checkpoint"] = checkpoint if isinstance(checkpoint, Checkpointer) else \
             Checkpointer.from_config(checkpoint, config)
-    problem = FitProblem(model.numpyro_model, model.data)
-    fitted = _finish(model, eng.fit(problem, config, progress, **kwargs), config)
+    problem = FitProblem(model.numpyro_model, model.data, batches=model.batches)
+    fitted = _finish(model, eng.fit(problem, config, progress, **kwargs), config, caps.kind)
     earlier = []
-    while config.engine == "nuts" and len(earlier) < RETRY_ROUNDS:   # as a statistician would
+    while caps.kind == "sampler" and len(earlier) < RETRY_ROUNDS:   # as a statistician would
         retry = sampler_retry(fitted, len(earlier) + 1)
         if retry is None:
             break
@@ -138,7 +136,7 @@ def fit(model: CompiledModel, engine: str | None = None, progress: Callable | No
         info = fitted.engine.info
         earlier.append({"reason": why, **{k: info.get(k) for k in (
             "target_accept", "warmup", "samples", "num_divergences")}})
-        fitted = _finish(model, eng.fit(problem, config, progress, **kwargs), config)
+        fitted = _finish(model, eng.fit(problem, config, progress, **kwargs), config, caps.kind)
     if earlier:
         fitted.engine.info["retried"] = {"reason": earlier[-1]["reason"], "earlier_runs": earlier}
     if chosen is not None:
@@ -146,9 +144,9 @@ def fit(model: CompiledModel, engine: str | None = None, progress: Callable | No
     return fitted
 
 
-def _finish(model: CompiledModel, result: EngineResult, config) -> FitResult:
+def _finish(model: CompiledModel, result: EngineResult, config, kind: str = "variational") -> FitResult:
     """An engine's result as a FitResult: importance weights and PSIS for a guide's draws, the
-    outputs, and the sampler's verdict."""
+    outputs, and a sampler's verdict (``kind``: the engine's)."""
     t0 = time.perf_counter()
     diagnostics = None
     if "log_q" in (result.sample_stats or {}):  # a minibatch fit: the log joint over every row here
@@ -158,7 +156,7 @@ def _finish(model: CompiledModel, result: EngineResult, config) -> FitResult:
     sites = site_draws(model.numpyro_model, model.rows, model.consts, result.samples, config.seed)
     outputs = build_outputs(model.ir, sites, model.encoding)
     fitted = FitResult(model, result, outputs, config, {"summarise_s": time.perf_counter() - t0},
-                       diagnostics=diagnostics)
+                       diagnostics=diagnostics, kind=kind)
     if fitted.kind == "sampler":
         fitted.diagnostics = sampler_check(fitted.summary(), result.sample_stats, int(config.chains))
     return fitted
@@ -232,15 +230,6 @@ def latent_size(model: CompiledModel) -> int:
                    if v["type"] == "sample" and not v["is_observed"]))
 
 
-def _takes_checkpoint(engine) -> bool:
-    import inspect
-    try:
-        params = inspect.signature(engine.fit).parameters
-    except (TypeError, ValueError):
-        return False
-    return "checkpoint" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -279,5 +268,5 @@ def corrected(fit_result):
     if diag["correction"]["applied"]:
         outputs = build_outputs(m.ir, site_draws(m.numpyro_model, m.rows, m.consts, res.samples, config.seed),
                                 m.encoding)
-    return FitResult(m, res, outputs, config, dict(fit_result.timings), diagnostics=diag)
+    return FitResult(m, res, outputs, config, dict(fit_result.timings), diagnostics=diag, kind=fit_result.kind)
 
