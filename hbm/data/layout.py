@@ -215,12 +215,9 @@ def pad_rows(rows: dict, multiple: int, length: int | None = None) -> dict:
     pad = target - n
     if pad == 0:
         return rows
-    out = {}
-    for key, a in rows.items():
-        if isinstance(a, dict):
-            out[key] = {k: _pad(v, pad) for k, v in a.items()}
-        else:
-            out[key] = _pad(a, pad)
+    def pad_all(a):     # any depth: a non-linear formula's rows hold each parameter's arrays
+        return {k: pad_all(v) for k, v in a.items()} if isinstance(a, dict) else _pad(a, pad)
+    out = {key: pad_all(a) for key, a in rows.items()}
     if "mask" not in rows:
         out["mask"] = _pad(np.ones(rows["y"].shape, bool), pad)
     return out
@@ -231,7 +228,8 @@ def _pad(a, pad: int) -> np.ndarray:
     return np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
 
 def row_constant(model: ir.ModelIR, rows: dict) -> np.ndarray | None:
-    """The data-only part of each row's log density (weighted), or None when the family has none.
+    """The data-only part of each row's log density (weighted), or None when the family has none
+    (``model``: a linear or a non-linear IR; only its family is read).
 
     Computed once by the layout (``rows["lp0"]``) instead of at every step."""
     fused = FUSED.get((model.family.name, model.family.link))
