@@ -104,8 +104,8 @@ def prior_draw(model, seed):
     return {k: v["value"] for k, v in tr.items() if v["type"] == "sample" and not v["is_observed"]}
 
 
-def compiled(df=DF, devices=1, **over):
-    return compile_table(load_spec(dose_spec(**over)), df, devices=devices, noncentered=False)
+def compiled(df=DF, devices=1, layout=None, **over):
+    return compile_table(load_spec(dose_spec(**over)), df, devices=devices, noncentered=False, layout=layout)
 
 
 def _logp(m, params, data=None):
@@ -153,6 +153,20 @@ def test_a_fused_family_takes_its_constant_from_the_rows():
     np.testing.assert_allclose(lp - prior, want, rtol=1e-5, atol=1e-2)
 
 
+def test_the_panel_layout_gives_the_same_log_density():
+    """Compounds as block rows (their log IC50 a code per block row), plates a code per cell."""
+    flat, panel = compiled(layout="flat"), compiled(layout="panel")
+    assert flat.layout.kind == "flat" and panel.layout.kind == "panel" and panel.layout.plate == "compound"
+    assert panel.fit_rows["y"].shape == (15, 40) and panel.fit_rows["params"]["log_ic50"]["idx"]["compound"].shape == (15,)
+    assert np.asarray(panel.rows["y"]).shape == (600,)            # the host keeps the flat rows
+    hand = hand_student_4pl(DF)
+    for seed in range(2):
+        params = prior_draw(hand, seed)
+        want = float(log_density(hand, (), {}, params)[0])
+        np.testing.assert_allclose(_logp(panel, params), want, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(_logp(panel, params), _logp(flat, params), rtol=1e-6, atol=1e-3)
+
+
 DEVICES = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
@@ -172,6 +186,9 @@ DEVICES = textwrap.dedent("""
         g = jax.jit(jax.grad(lambda p, a: log_density(m.numpyro_model, (), a, p)[0]))(params, m.data)
         out[f"finite{{d}}"] = all(bool(np.isfinite(np.asarray(v)).all()) for v in g.values())
         out[f"rows{{d}}"] = int(m.rows["y"].shape[0])
+    m = compiled(df, devices=4, layout="panel")
+    out["panel4"] = float(jax.jit(lambda p, a: log_density(m.numpyro_model, (), a, p)[0])(params, m.data))
+    out["panel4-layout"] = m.layout.kind
     # minibatches over the 4 devices: the windows of the chunk average to the whole
     m = compiled(df, devices=4, batch_size=40)
     s, chunk = m.batches, m.data["rows"]["chunk"]
@@ -195,6 +212,8 @@ def test_one_and_four_devices_give_the_hand_written_log_density(tmp_path):
     for d in (1, 4):
         np.testing.assert_allclose(out[f"lp{d}"], out["hand"], rtol=1e-5, atol=1e-3)
         assert out[f"finite{d}"]
+    assert out["panel4-layout"] == "panel"
+    np.testing.assert_allclose(out["panel4"], out["hand"], rtol=1e-5, atol=1e-3)
     assert out["batch-devices"] == 4
     np.testing.assert_allclose(out["batch-mean"], out["hand"], rtol=1e-4)
 
@@ -297,6 +316,8 @@ def test_unseen_levels_are_drawn_from_their_population_and_saved_runs_agree(fits
 
 # ====================================================================== --distributed
 def test_two_processes_fit_what_one_does(tmp_path):
+    """2 processes x 2 CPU devices on 127.0.0.1 (``hbm fit --distributed``) give the loss trajectory
+    and the summary of one ``hbm fit`` process on 1 device."""
     from test_distributed import _free_port, _hbm
     from hbm.io.rundir import load_run
     data = tmp_path / "dose.parquet"

@@ -164,7 +164,7 @@ class NonlinearLikelihood(Likelihood):
                 out[p.name] = params["direct"][p.name]
                 continue
             sub = dict(rows["params"][p.name], y=rows["y"] if p.per_row else one)
-            out[p.name] = BOUNDS[p.bound](self.subs[p.name].eta(params["params"][p.name], sub))
+            out[p.name] = BOUNDS[p.bound](self.subs[p.name].eta(params["params"][p.name], sub, consts))
         return out
 
     def eta(self, params: dict, rows: dict, consts: dict | None = None) -> jnp.ndarray:

@@ -25,7 +25,7 @@ from hbm.lowering.centring import centred_sites
 from hbm.data.devices import data_mesh, place, resolve_devices
 from hbm.data.encode import Encoding, encode
 from hbm.errors import HbmError
-from hbm.data.layout import Layout, build_rows, plan_layout
+from hbm.data.layout import Layout, build_nonlinear_rows, build_rows, layout_choice, nonlinear_codes, plan_layout
 from hbm.lowering.model import make_model
 from hbm.frontend.parse import parse_formula
 from hbm.resolve.linear import resolve
@@ -82,8 +82,8 @@ def compile_table(spec: Spec, df: pd.DataFrame, *, devices=None, noncentered=Non
     ``HBM_LAYOUT`` or "auto") picks the fit layout (``hbm.data.layout``). ``whiten``: the population
     coefficients are sampled in centred, whitened coordinates (``hbm.lowering.whiten``); ``False`` keeps
     one sample site per coefficient (conditioning on them by name, as ``hbm.simulate`` does)."""
-    if spec.params:  # a non-linear formula: hbm.nonlinear compiles it
-        return compile_nonlinear(spec, df, devices=devices,
+    if spec.params:  # a non-linear formula: the same stages, from its own resolve and encode
+        return compile_nonlinear(spec, df, devices=devices, layout=layout,
                                  noncentered=spec.noncentered if noncentered is None else noncentered)
     formula = parse_formula(spec.formula)
     info = TableInfo(df, formula.source)
@@ -132,11 +132,12 @@ def fingerprint(df: pd.DataFrame) -> str:
 
 
 # ---------------------------------------------------------------------- compile
-def compile_nonlinear(spec, df, *, devices=None, noncentered: bool = True):
-    """``hbm.compile_table`` for a spec with ``params:``: resolve, encode, then the same layout,
-    devices and minibatches as a linear formula. The fit rows are flat (the data's order; no panel
-    layout for non-linear formulas yet), with ``lp0`` where the family has one, placed on the
-    devices (padded and sharded with several); ``rows`` are those fit rows."""
+def compile_nonlinear(spec, df, *, devices=None, noncentered: bool = True, layout: str | None = None):
+    """``hbm.compile_table`` for a spec with ``params:``: resolve, encode, then the same layout
+    (planned from every parameter's plate codes; "auto" is flat here, "panel" must be asked for),
+    devices and minibatches as a linear formula.
+    With flat rows, ``rows`` are the fit rows (with ``lp0`` where the family has one, placed on the
+    devices, padded and sharded with several); with a panel they stay the host's flat rows."""
     formula = parse_nonlinear(spec.formula)
     info = TableInfo(df, formula.source)
     model = resolve_nonlinear(formula, info, params=spec.params, bounds=spec.bounds, family=spec.family,
@@ -147,20 +148,25 @@ def compile_nonlinear(spec, df, *, devices=None, noncentered: bool = True):
     model_fn = make_nonlinear_model(model, mesh)
     if spec.batch_size:
         return batched_model(spec, formula, model, enc, rows, consts, model_fn, mesh, fingerprint(df))
-    return nonlinear_compiled(spec, formula, model, enc, rows, consts, model_fn, mesh, len(df), fingerprint(df))
+    # "auto" keeps non-linear rows flat until the panel is benchmarked on them; "panel" asks for it
+    kind = layout_choice(layout)
+    plan = plan_layout(model, nonlinear_codes(model, rows), len(df), "flat" if kind == "auto" else kind)
+    return nonlinear_compiled(spec, formula, model, enc, rows, consts, model_fn, mesh, len(df), fingerprint(df),
+                              plan=plan)
 
 
 def nonlinear_compiled(spec, formula, model, enc, rows, consts, model_fn, mesh, n, fp,
-                       local_length: int | None = None) -> CompiledModel:
-    """The CompiledModel of a non-linear formula's encoded rows. In one process ``rows`` are the fit
-    rows (placed); with several (``local_length``: every process's rows padded to it,
-    ``hbm.pipeline.distributed``) ``rows`` stay this process's host arrays, as a linear formula's do."""
-    plan = Layout("flat", n)
-    fit_rows, lay_consts = build_rows(model, plan, rows, mask=local_length is not None)
+                       local_length: int | None = None, plan: Layout | None = None) -> CompiledModel:
+    """The CompiledModel of a non-linear formula's encoded rows in ``plan`` (default flat). In one
+    process with flat rows, ``rows`` are the fit rows (placed); with a panel, or several processes
+    (``local_length``: every process's rows padded to it, ``hbm.pipeline.distributed``), ``rows``
+    stay this process's flat host arrays, as a linear formula's do."""
+    plan = plan or Layout("flat", n)
+    fit_rows, lay_consts = build_nonlinear_rows(model, plan, rows, mask=local_length is not None)
     fit_rows, fit_consts = place(fit_rows, {**consts, **lay_consts}, mesh, local_length=local_length)
     n_dev = 1 if mesh is None else mesh.devices.size
-    if local_length is not None:
-        return CompiledModel(spec, formula, model, enc, rows, consts, model_fn, n, n_dev, fp,
+    if local_length is not None or plan.kind != "flat":
+        return CompiledModel(spec, formula, model, enc, rows, place({}, consts, None)[1], model_fn, n, n_dev, fp,
                              fit_rows, fit_consts, plan)
     return CompiledModel(spec, formula, model, enc, fit_rows, fit_consts, model_fn, n, n_dev, fp,
                          layout=plan)
