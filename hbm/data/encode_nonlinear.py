@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 from hbm.frontend import ast as A
+from hbm.errors import HbmError
 from hbm.data.encode import Encoding, encode
 from hbm.data.table import TableInfo
 from hbm.ir.nonlinear import NonlinearIR
@@ -39,20 +40,40 @@ def encode_nonlinear(model: NonlinearIR, info: TableInfo) -> tuple[dict, dict, E
         rows["params"][p.name], consts["params"][p.name] = r, c
         labels.update(enc.labels)
         factors.update(enc.factor_levels)
+    data, limits = data_leaves(model, info)
+    rows["data"] = {text: v.astype(np.float32) for text, v in data.items()}
+    rows["limits"] = limits
+    return rows, consts, Encoding(labels, dict(info.stats), factors)
+
+
+def data_leaves(model: NonlinearIR, info: TableInfo) -> tuple[dict, dict]:
+    """(leaves, limits): each data leaf's values (float64; a typical finite value stands in where the
+    leaf is infinite) and each limit's row mask. An infinite leaf outside every limit's pattern
+    raises (the fit's data had no such rows, so no limit is known)."""
     with np.errstate(all="ignore"):  # infinities were checked by the resolver: they have limits
         values = {d.text: np.asarray(evaluate(d.expr, NP_OPS, lambda col: info.numeric(A.Var(col.name))),
                                      np.float64) for d in model.leaves}
-    rows["data"] = {}
+    values = {t: np.broadcast_to(v, (info.n,)) for t, v in values.items()}
+    leaves = {}
     for text, v in values.items():
         finite = np.isfinite(v)
         typical = float(np.median(v[finite])) if finite.any() else 0.0
-        rows["data"][text] = np.where(finite, v, typical).astype(np.float32)
-    rows["limits"] = {}
+        leaves[text] = np.where(finite, v, typical)
+    limits, covered = {}, np.zeros(info.n, bool)
     for lim in model.limits:
         mask = np.ones(info.n, bool)
         for text in values:
             want = dict(lim.infinite).get(text)
             mask &= np.isfinite(values[text]) if want is None else (values[text] == want)
-        rows["limits"][lim.key] = mask
-    return rows, consts, Encoding(labels, dict(info.stats), factors)
-
+        limits[lim.key] = mask
+        covered |= mask
+    bad = np.zeros(info.n, bool)
+    for v in values.values():
+        bad |= ~np.isfinite(v)
+    bad &= ~covered
+    if bad.any():
+        text = next(t for t, v in values.items() if not np.isfinite(v[bad]).all())
+        raise HbmError(f"'{text}' is infinite or undefined in {int(bad.sum()):,} rows, where the fit's formula "
+                       "has no limit", where="data",
+                       hint="the fit's data had no such rows: drop them, or fit with rows like them")
+    return leaves, limits

@@ -148,13 +148,14 @@ def _plan_panel(plate: str, levels: int, codes: dict[str, np.ndarray], n: int) -
 
 
 def build_rows(model: ir.ModelIR, layout: Layout, rows: dict, which: np.ndarray | None = None,
-               blocks: np.ndarray | None = None, mask: bool = False) -> tuple[dict, dict]:
+               blocks: np.ndarray | None = None, mask: bool = False, constant: bool = True) -> tuple[dict, dict]:
     """The fit arrays (rows, layout constants) for the flat ``rows``; ``which`` (global row ids
     of ``rows``, default all) says which of the planned rows they are, ``blocks`` which block
     rows to build (default: those the rows fall in); ``mask`` adds a mask even when every cell
-    is used (processes' arrays must have the same keys). NumPy in, NumPy out."""
+    is used (processes' arrays must have the same keys); ``constant=False``: no ``lp0`` (a
+    non-linear parameter's rows). NumPy in, NumPy out."""
     rows = dict(rows)
-    lp0 = row_constant(model, rows)
+    lp0 = row_constant(model, rows) if constant else None
     if layout.kind == "flat":
         if lp0 is not None:
             rows["lp0"] = lp0
@@ -215,12 +216,9 @@ def pad_rows(rows: dict, multiple: int, length: int | None = None) -> dict:
     pad = target - n
     if pad == 0:
         return rows
-    out = {}
-    for key, a in rows.items():
-        if isinstance(a, dict):
-            out[key] = {k: _pad(v, pad) for k, v in a.items()}
-        else:
-            out[key] = _pad(a, pad)
+    def pad_all(a):     # any depth: a non-linear formula's rows hold each parameter's arrays
+        return {k: pad_all(v) for k, v in a.items()} if isinstance(a, dict) else _pad(a, pad)
+    out = {key: pad_all(a) for key, a in rows.items()}
     if "mask" not in rows:
         out["mask"] = _pad(np.ones(rows["y"].shape, bool), pad)
     return out
@@ -231,7 +229,8 @@ def _pad(a, pad: int) -> np.ndarray:
     return np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
 
 def row_constant(model: ir.ModelIR, rows: dict) -> np.ndarray | None:
-    """The data-only part of each row's log density (weighted), or None when the family has none.
+    """The data-only part of each row's log density (weighted), or None when the family has none
+    (``model``: a linear or a non-linear IR; only its family is read).
 
     Computed once by the layout (``rows["lp0"]``) instead of at every step."""
     fused = FUSED.get((model.family.name, model.family.link))
@@ -242,4 +241,41 @@ def row_constant(model: ir.ModelIR, rows: dict) -> np.ndarray | None:
     if "weights" in rows:
         c = c * np.asarray(rows["weights"], np.float64)
     return c.astype(np.float32)
+
+
+
+def nonlinear_codes(model, rows: dict) -> dict[str, np.ndarray]:
+    """Every plate's row codes of a non-linear formula's rows (a plate shared by parameters has
+    the same codes in each), what :func:`plan_layout` plans from."""
+    codes: dict[str, np.ndarray] = {}
+    for sub in rows["params"].values():
+        codes.update(sub.get("idx", {}))
+    return codes
+
+
+def build_nonlinear_rows(model, layout: Layout, rows: dict, mask: bool = False) -> tuple[dict, dict]:
+    """:func:`build_rows` for a non-linear formula's rows (``hbm.data.encode_nonlinear``): the
+    response arrays, each parameter's arrays, the data leaves and the limits' masks, in ``layout``
+    (flat: as given, with ``lp0``; panel: ``(F, T)`` blocks, each plate's plan shared by the
+    parameters that use it)."""
+    top = {k: v for k, v in rows.items() if not isinstance(v, dict)}
+    if layout.kind == "flat":
+        out, consts = build_rows(model, layout, top, mask=mask)
+        return {**out, **{k: v for k, v in rows.items() if isinstance(v, dict)}}, consts
+    leaves = {f"data:{k}": v for k, v in rows["data"].items()}
+    leaves.update({f"limits:{k}": v for k, v in rows["limits"].items()})
+    out, consts = build_rows(model, layout, {**top, **leaves, "idx": {}}, mask=mask)
+    out.pop("idx")
+    out.pop("Z")
+    out["data"] = {k: out.pop(f"data:{k}") for k in rows["data"]}
+    out["limits"] = {k: out.pop(f"limits:{k}") for k in rows["limits"]}
+    out["params"] = {}
+    for name, sub in rows["params"].items():
+        built, c = build_rows(model, layout, dict(sub, y=rows["y"]), constant=False)
+        for key in ("y", "mask", "lp0"):
+            built.pop(key, None)
+        out["params"][name] = built
+        for plate, pat in c.get("pattern", {}).items():
+            consts.setdefault("pattern", {})[plate] = pat
+    return out, consts
 

@@ -24,6 +24,14 @@ With a mesh the sum runs under ``jax.shard_map``: row arrays split on the
 ``data`` axis (axis 0), parameters and constants replicated, padded rows
 masked, the sum reduced across devices with ``psum``. With one device there
 is no ``shard_map``.
+
+A non-linear formula (``hbm.ir.nonlinear``) has the same tail:
+:class:`NonlinearLikelihood` computes each parameter's linear predictor with a
+:class:`Likelihood` of its own formula, its bound's transform, then the
+expression (its limits where data leaves are infinite); that is its ``eta``,
+and the log density, ``lp0``, masks, weights, scale and ``shard_map`` are
+those of the linear model. A linear formula is the special case whose
+expression is its one predictor.
 """
 from __future__ import annotations
 
@@ -33,8 +41,11 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from hbm.ir import model as ir
+from hbm.ir.model import plate_effects
+from hbm.ir.nonlinear import NonlinearIR, Param, evaluate
 from hbm.vocabulary.families import FAMILIES
 from hbm.vocabulary.families import FUSED
+from hbm.vocabulary.functions import BOUNDS, JAX_OPS
 
 
 def gather(values: jnp.ndarray, codes: jnp.ndarray) -> jnp.ndarray:
@@ -46,9 +57,12 @@ class Likelihood:
     """Computes ``eta`` and the summed log-likelihood for one model (any row layout)."""
 
     def __init__(self, model: ir.ModelIR, effects: dict, mesh=None, fused: bool = True):
+        self._family(model, mesh, fused)
+        self.n_intercepts = {p: sum(e.column.is_intercept for e in effs) for p, effs in effects.items()}
+
+    def _family(self, model, mesh, fused: bool) -> None:
         self.family = FAMILIES[model.family.name]
         self.link = model.family.link
-        self.n_intercepts = {p: sum(e.column.is_intercept for e in effs) for p, effs in effects.items()}
         self.fused = FUSED.get((model.family.name, self.link)) if fused else None
         self.mesh = mesh
 
@@ -124,3 +138,46 @@ class Likelihood:
             s = jax.shard_map(local, mesh=self.mesh, in_specs=(rep[0], rep[1], row_specs),
                               out_specs=P())(params, consts, rows)
         return s if scale is None else s * scale
+
+
+class NonlinearLikelihood(Likelihood):
+    """The likelihood of a non-linear formula: ``eta`` is its expression (link scale) of the
+    parameters' values; everything after ``eta`` is :class:`Likelihood`'s.
+
+    ``params``: ``{"direct": {name: value}, "params": {name: a Likelihood params dict of its
+    formula}, "aux": family parameters}``; ``rows``: ``y`` (and ``trials``, ``se``, ``weights``,
+    ``mask``, ``lp0``), ``rows["params"][name]`` each parameter's row arrays, ``rows["data"]`` the
+    data leaves and ``rows["limits"]`` one row mask per limit (``hbm.data.encode_nonlinear``)."""
+
+    def __init__(self, model: NonlinearIR, mesh=None, fused: bool = True):
+        self._family(model, mesh, fused)
+        self.model = model
+        self.subs = {p.name: Likelihood(p.model, plate_effects(p.model), fused=False)
+                     for p in model.params if not p.direct}
+
+    def values(self, params: dict, rows: dict, consts: dict | None = None) -> dict:
+        """Each parameter's value at every row (shape ``(1,)`` where it is one for all rows)."""
+        out = {}
+        one = jnp.zeros((1,), jnp.float32)
+        for p in self.model.params:
+            if p.direct:
+                out[p.name] = params["direct"][p.name]
+                continue
+            sub = dict(rows["params"][p.name], y=rows["y"] if p.per_row else one)
+            out[p.name] = BOUNDS[p.bound](self.subs[p.name].eta(params["params"][p.name], sub, consts))
+        return out
+
+    def eta(self, params: dict, rows: dict, consts: dict | None = None) -> jnp.ndarray:
+        """The expression at every row, its limits where data leaves are infinite."""
+        return expression(self.model, self.values(params, rows, consts), rows)
+
+
+def expression(model: NonlinearIR, values: dict, rows: dict):
+    """The expression of every row (on the link scale) from the parameters' ``values``, its limits
+    where data leaves are infinite."""
+    def leaf(e):
+        return values[e.name] if isinstance(e, Param) else rows["data"][e.text]
+    out = evaluate(model.expr, JAX_OPS, leaf)
+    for lim in model.limits:
+        out = jnp.where(rows["limits"][lim.key], evaluate(lim.expr, JAX_OPS, leaf), out)
+    return out

@@ -9,7 +9,8 @@ log-likelihood (``hbm.lowering.likelihood``). Non-centring is done with NumPyro'
     model(rows, consts, mode="simulate") # prior/posterior predictive: samples "y" per row
     model(rows, consts, mode="latent")   # parameters only, no likelihood (posterior summaries)
     model(rows, consts, mode="eta")      # parameters, no likelihood; returns the linear predictor
-                                         # (a non-linear parameter's, hbm.nonlinear)
+    model(rows, consts, mode="params")   # parameters, no likelihood; returns them as the likelihood
+                                         # takes them (a non-linear parameter's, hbm.lowering.nonlinear)
 """
 from __future__ import annotations
 
@@ -167,6 +168,8 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
             numpyro.factor("loglik", lik.total(params, rows, scale, consts))
         elif mode == "eta":
             return lik.eta(params, rows, consts)
+        elif mode == "params":
+            return params
 
     reparams = reparam_config(model) if model.noncentered else {}
     if not reparams:

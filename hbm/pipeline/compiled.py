@@ -25,15 +25,13 @@ from hbm.lowering.centring import centred_sites
 from hbm.data.devices import data_mesh, place, resolve_devices
 from hbm.data.encode import Encoding, encode
 from hbm.errors import HbmError
-from hbm.data.layout import Layout, build_rows, plan_layout
+from hbm.data.layout import Layout, build_nonlinear_rows, build_rows, layout_choice, nonlinear_codes, plan_layout
 from hbm.lowering.model import make_model
 from hbm.frontend.parse import parse_formula
 from hbm.resolve.linear import resolve
 from hbm.spec import Spec
 from hbm.data.table import TableInfo
 from hbm.lowering.whiten import population_whitening, shear_means
-import jax
-import jax.numpy as jnp
 from hbm.frontend.parse import parse_nonlinear
 from hbm.data.encode_nonlinear import encode_nonlinear
 from hbm.lowering.nonlinear import make_nonlinear_model
@@ -85,8 +83,8 @@ def compile_table(spec: Spec, df: pd.DataFrame, *, devices=None, noncentered=Non
     ``HBM_LAYOUT`` or "auto") picks the fit layout (``hbm.data.layout``). ``whiten``: the population
     coefficients are sampled in centred, whitened coordinates (``hbm.lowering.whiten``); ``False`` keeps
     one sample site per coefficient (conditioning on them by name, as ``hbm.simulate`` does)."""
-    if spec.params:  # a non-linear formula: hbm.nonlinear compiles it
-        return compile_nonlinear(spec, df, devices=devices,
+    if spec.params:  # a non-linear formula: the same stages, from its own resolve and encode
+        return compile_nonlinear(spec, df, devices=devices, layout=layout,
                                  noncentered=spec.noncentered if noncentered is None else noncentered)
     formula = parse_formula(spec.formula)
     info = TableInfo(df, formula.source)
@@ -135,43 +133,44 @@ def fingerprint(df: pd.DataFrame) -> str:
 
 
 # ---------------------------------------------------------------------- compile
-def compile_nonlinear(spec, df, *, devices=None, noncentered: bool = True):
-    """``hbm.compile_table`` for a spec with ``params:``: a :class:`hbm.pipeline.compiled.CompiledModel`
-    whose rows are flat (the order of the data), placed on the devices."""
-    if spec.batch_size:
-        raise HbmError("batch_size is not supported for non-linear formulas yet", where="batch_size",
-                       hint="remove batch_size; the full data is used at every step")
+def compile_nonlinear(spec, df, *, devices=None, noncentered: bool = True, layout: str | None = None):
+    """``hbm.compile_table`` for a spec with ``params:``: resolve, encode, then the same layout
+    (planned from every parameter's plate codes; "auto" is flat here, "panel" must be asked for),
+    devices and minibatches as a linear formula.
+    With flat rows, ``rows`` are the fit rows (with ``lp0`` where the family has one, placed on the
+    devices, padded and sharded with several); with a panel they stay the host's flat rows."""
     formula = parse_nonlinear(spec.formula)
     info = TableInfo(df, formula.source)
     model = resolve_nonlinear(formula, info, params=spec.params, bounds=spec.bounds, family=spec.family,
                               priors=spec.priors, noncentered=noncentered)
     rows, consts, enc = encode_nonlinear(model, info)
     n_dev = resolve_devices(devices if devices is not None else spec.devices)
-    mesh = None
-    if n_dev > 1:
-        rows, mesh = _shard(rows, n_dev)
-    else:
-        rows = jax.tree.map(jnp.asarray, rows)
-    consts = jax.tree.map(jnp.asarray, consts)
-    return CompiledModel(spec, formula, model, enc, rows, consts, make_nonlinear_model(model, mesh),
-                         len(df), n_dev, fingerprint(df))
+    mesh = data_mesh(n_dev) if n_dev > 1 else None
+    model_fn = make_nonlinear_model(model, mesh)
+    if spec.batch_size:
+        return batched_model(spec, formula, model, enc, rows, consts, model_fn, mesh, fingerprint(df))
+    # "auto" keeps non-linear rows flat until the panel is benchmarked on them; "panel" asks for it
+    kind = layout_choice(layout)
+    plan = plan_layout(model, nonlinear_codes(model, rows), len(df), "flat" if kind == "auto" else kind)
+    return nonlinear_compiled(spec, formula, model, enc, rows, consts, model_fn, mesh, len(df), fingerprint(df),
+                              plan=plan)
 
 
-def _shard(rows: dict, n_dev: int):
-    """Pad every per-row array (at any depth of ``rows``) to a multiple of ``n_dev``, padding masked,
-    and split them over a 1-D ``data`` mesh; XLA partitions the model's sums."""
-    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-    mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(AxisType.Auto,))
-    n = rows["y"].shape[0]
-    pad = (-n) % n_dev
-    rows = dict(rows, mask=np.concatenate([np.ones(n, bool), np.zeros(pad, bool)]))
-
-    def put(a):
-        a = np.asarray(a)
-        if pad and a.ndim and a.shape[0] == n:
-            a = np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
-        return jax.device_put(a, NamedSharding(mesh, P("data")))
-    return jax.tree.map(put, rows), mesh
+def nonlinear_compiled(spec, formula, model, enc, rows, consts, model_fn, mesh, n, fp,
+                       local_length: int | None = None, plan: Layout | None = None) -> CompiledModel:
+    """The CompiledModel of a non-linear formula's encoded rows in ``plan`` (default flat). In one
+    process with flat rows, ``rows`` are the fit rows (placed); with a panel, or several processes
+    (``local_length``: every process's rows padded to it, ``hbm.pipeline.distributed``), ``rows``
+    stay this process's flat host arrays, as a linear formula's do."""
+    plan = plan or Layout("flat", n)
+    fit_rows, lay_consts = build_nonlinear_rows(model, plan, rows, mask=local_length is not None)
+    fit_rows, fit_consts = place(fit_rows, {**consts, **lay_consts}, mesh, local_length=local_length)
+    n_dev = 1 if mesh is None else mesh.devices.size
+    if local_length is not None or plan.kind != "flat":
+        return CompiledModel(spec, formula, model, enc, rows, place({}, consts, None)[1], model_fn, n, n_dev, fp,
+                             fit_rows, fit_consts, plan)
+    return CompiledModel(spec, formula, model, enc, fit_rows, fit_consts, model_fn, n, n_dev, fp,
+                         layout=plan)
 
 
 def batched_model(spec, formula, model_ir, enc, rows, consts, model_fn, mesh, fingerprint):

@@ -19,6 +19,10 @@ process runs the same program on its own rows:
   to the same length in every process, and assembled into global arrays
   (``jax.make_array_from_process_local_data``).
 - Only process 0 prints the summary and writes the run directory.
+
+A non-linear formula (``params:``) goes the same way: resolved on the whole
+file, each parameter's parent maps from the whole file, its rows flat (no
+panel layout for non-linear formulas yet).
 """
 from __future__ import annotations
 
@@ -31,12 +35,15 @@ import pandas as pd
 
 from hbm.errors import HbmError
 from hbm.data.table import TableInfo
-from hbm.pipeline.compiled import CompiledModel, with_centring, with_whitening
+from hbm.pipeline.compiled import CompiledModel, nonlinear_compiled, with_centring, with_whitening
 from hbm.data.devices import data_mesh, place, resolve_devices
 from hbm.data.encode import encode, encode_consts
 from hbm.data.layout import build_rows, plan_layout
 from hbm.lowering.model import make_model
-from hbm.frontend.parse import parse_formula
+from hbm.frontend.parse import parse_formula, parse_nonlinear
+from hbm.data.encode_nonlinear import encode_nonlinear
+from hbm.lowering.nonlinear import make_nonlinear_model
+from hbm.resolve.nonlinear import resolve_nonlinear
 from hbm.resolve.linear import resolve
 from hbm.frontend.ast import Var
 
@@ -142,6 +149,8 @@ def compile_file(spec, path: str | Path, layout: str | None = None):
     if not path.exists():
         raise HbmError(f"data file not found: {path}", where="data")
     pf = pq.ParquetFile(path)
+    if spec.params:
+        return compile_nonlinear_file(spec, pf)
     formula = parse_formula(spec.formula)
     whole = TableInfo(ColumnFrame(pf), formula.source)
     model_ir = with_centring(resolve(formula, whole, family=spec.family, priors=spec.priors,
@@ -175,6 +184,29 @@ def compile_file(spec, path: str | Path, layout: str | None = None):
                           fingerprint(pf), fit_rows, fit_consts, plan)
     model.observed_y = whole.numeric(_var(model_ir.response.column)).astype(np.float32)
     return model
+
+
+def compile_nonlinear_file(spec, pf):
+    """:func:`compile_file` for a non-linear formula: resolved on the whole file, this process's rows
+    encoded with the whole file's level tables and parent maps, flat, padded to the longest share."""
+    import jax
+
+    formula = parse_nonlinear(spec.formula)
+    whole = TableInfo(ColumnFrame(pf), formula.source)
+    model = resolve_nonlinear(formula, whole, params=spec.params, bounds=spec.bounds, family=spec.family,
+                              priors=spec.priors, noncentered=spec.noncentered)
+    n_proc, me = jax.process_count(), jax.process_index()
+    group_rows = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+    share = shares(group_rows, n_proc)
+    counts = [int(np.sum([group_rows[g] for g in s])) for s in share]
+    info = SharedLevels(pf.read_row_groups(share[me]).to_pandas(), formula.source, whole)
+    rows, _, enc = encode_nonlinear(model, info)
+    consts = {"params": {p.name: encode_consts(p.model, whole) for p in model.params}}
+    mesh = data_mesh(resolve_devices(spec.devices))
+    out = nonlinear_compiled(spec, formula, model, enc, rows, consts, make_nonlinear_model(model, mesh), mesh,
+                             len(whole.df), fingerprint(pf), local_length=max(counts))
+    out.observed_y = whole.numeric(_var(model.response.column)).astype(np.float32)
+    return out
 
 
 def _var(name: str):

@@ -20,14 +20,21 @@ level is known (else around the parent's own draw, and so on up to the
 population coefficient). The column ``new_levels`` names the plates whose level
 was new for each row ("" when none).
 
+A non-linear formula (``params:``) is predicted the same way: each parameter's
+linear predictor from its formula (new levels drawn as above, each parameter's
+own), its bound's transform, then the expression in NumPy with the new rows'
+data leaves and, where those are infinite (dose 0 in ``log(dose)``), the
+expression's limit; ``"eta"`` is the expression (the link scale of the mean).
+
 A run directory holds what this needs beside ``posterior.nc`` (whose group
 values are the coefficients themselves, population value included):
-``model.json`` (the IR, see :func:`ir_to_dict`) and ``encoding.json`` (level
+``model.json`` (the IR, see :func:`ir_to_dict` and :func:`nonlinear_to_dict`) and ``encoding.json`` (level
 labels per plate, transform statistics, factor levels, parent maps of chains).
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +43,12 @@ import numpy as np
 import pandas as pd
 
 from hbm.frontend import ast as A
+
 from hbm.ir import model as ir
+from hbm.ir import nonlinear as NL
+from hbm.ir.nonlinear import NonlinearIR, Param, evaluate
+from hbm.data.encode_nonlinear import data_leaves
+from hbm.vocabulary.functions import NP_OPS, _NP_BOUNDS
 from hbm.data.encode import Encoding, column_values
 from hbm.ir.model import plate_effects, population_columns
 from hbm.errors import HbmError, did_you_mean
@@ -151,6 +163,88 @@ def ir_from_dict(d: dict) -> ir.ModelIR:
     )
 
 
+def _nl_expr(e) -> Any:
+    if isinstance(e, NL.Const):
+        return {"const": e.value}
+    if isinstance(e, NL.Param):
+        return {"param": e.name}
+    if isinstance(e, NL.Column):
+        return {"column": e.name}
+    if isinstance(e, NL.Data):
+        return {"data": _nl_expr(e.expr), "sign": e.sign}
+    if isinstance(e, NL.Op):
+        return {"op": e.op, "args": [_nl_expr(a) for a in e.args]}
+    raise TypeError(f"cannot save the expression {e!r}")
+
+
+def _nl_expr_back(d) -> Any:
+    if "const" in d:
+        return NL.Const(float(d["const"]))
+    if "param" in d:
+        return NL.Param(d["param"])
+    if "column" in d:
+        return NL.Column(d["column"])
+    if "data" in d:
+        return NL.Data(_nl_expr_back(d["data"]), int(d["sign"]))
+    if "op" in d:
+        return NL.Op(d["op"], tuple(_nl_expr_back(a) for a in d["args"]))
+    raise ValueError(f"unknown expression {d!r}")
+
+
+def nonlinear_to_dict(m: NonlinearIR) -> dict:
+    """A non-linear IR as plain JSON-able data: the expression, its limits (infinities as their
+    sign), and each parameter's formula with its IR (:func:`ir_to_dict`)."""
+    return {
+        "formula": m.formula,
+        "response": {"column": m.response.column, "trials": m.response.trials, "se": m.response.se,
+                     "weights": m.response.weights},
+        "family": {"name": m.family.name, "link": m.family.link, "inferred": m.family.inferred,
+                   "params": [{"name": p.name, "prior": _prior(p.prior)} for p in m.family.params]},
+        "expr": _nl_expr(m.expr),
+        "params": [{"name": p.name, "formula": p.formula, "bound": p.bound, "model": ir_to_dict(p.model)}
+                   for p in m.params],
+        "limits": [{"infinite": [[t, 1 if v > 0 else -1] for t, v in lim.infinite], "rows": lim.rows,
+                    "expr": _nl_expr(lim.expr)} for lim in m.limits],
+        "noncentered": m.noncentered,
+    }
+
+
+def nonlinear_from_dict(d: dict) -> NonlinearIR:
+    fam = d["family"]
+    return NonlinearIR(
+        formula=d["formula"],
+        response=ir.Response(**d["response"]),
+        family=ir.Family(fam["name"], fam["link"],
+                         tuple(ir.FamilyParam(p["name"], _prior_back(p["prior"])) for p in fam["params"]),
+                         fam["inferred"]),
+        expr=_nl_expr_back(d["expr"]),
+        params=tuple(NL.NonlinearParam(p["name"], p["formula"], p["bound"], ir_from_dict(p["model"]))
+                     for p in d["params"]),
+        limits=tuple(NL.Limit(tuple((t, s * math.inf) for t, s in lim["infinite"]), int(lim["rows"]),
+                              _nl_expr_back(lim["expr"])) for lim in d["limits"]),
+        noncentered=d["noncentered"],
+    )
+
+
+def model_to_dict(m) -> dict:
+    """``model.json``'s model: ``{"ir": ...}`` for a linear IR, ``{"nonlinear": ...}`` for a non-linear one."""
+    return {"nonlinear": nonlinear_to_dict(m)} if isinstance(m, NonlinearIR) else {"ir": ir_to_dict(m)}
+
+
+def model_from_dict(d: dict):
+    return nonlinear_from_dict(d["nonlinear"]) if "nonlinear" in d else ir_from_dict(d["ir"])
+
+
+def parent_maps(model) -> dict[str, np.ndarray]:
+    """The chains' parent maps of a CompiledModel (each parameter's, for a non-linear formula)."""
+    if isinstance(model.ir, NonlinearIR):
+        out = {}
+        for c in model.consts["params"].values():
+            out.update({k: np.asarray(v) for k, v in (c.get("parent") or {}).items()})
+        return out
+    return {k: np.asarray(v) for k, v in (model.consts.get("parent") or {}).items()}
+
+
 def encoding_to_dict(enc: Encoding, parents: dict | None = None) -> dict:
     """The encoding (and the chains' parent maps, child level -> parent level index) as JSON-able data."""
     return {"labels": {k: list(v) for k, v in enc.labels.items()},
@@ -160,14 +254,11 @@ def encoding_to_dict(enc: Encoding, parents: dict | None = None) -> dict:
 
 
 def run_files(result) -> dict[str, str]:
-    """``model.json`` and ``encoding.json`` of a :class:`hbm.pipeline.fit.FitResult`, for its run directory
-    (none for models this module cannot predict from yet: non-linear formulas)."""
+    """``model.json`` and ``encoding.json`` of a :class:`hbm.pipeline.fit.FitResult`, for its run directory."""
     model = result.model
-    if not isinstance(model.ir, ir.ModelIR):
-        return {}
-    parents = {k: np.asarray(v) for k, v in (model.consts.get("parent") or {}).items()}
+    parents = parent_maps(model)
     return {
-        "model.json": json.dumps({"version": FORMAT_VERSION, "ir": ir_to_dict(model.ir)}, indent=1) + "\n",
+        "model.json": json.dumps({"version": FORMAT_VERSION, **model_to_dict(model.ir)}, indent=1) + "\n",
         "encoding.json": json.dumps({"version": FORMAT_VERSION, **encoding_to_dict(model.encoding, parents)})
         + "\n",
     }
@@ -179,15 +270,13 @@ def run_files(result) -> dict[str, str]:
 class Predictor:
     """A fitted model's IR, encoding and posterior draws: all that predicting needs."""
 
-    ir: ir.ModelIR
+    ir: ir.ModelIR | NonlinearIR
     encoding: Encoding
     parents: dict[str, np.ndarray]               # "child>parent" -> parent level of each child level
     draws: dict[tuple[str, tuple], np.ndarray]   # (base, dims) -> (draws, *shape), chains flattened
 
     @classmethod
-    def from_outputs(cls, model_ir: ir.ModelIR, enc: Encoding, parents: dict, outputs) -> "Predictor":
-        if not isinstance(model_ir, ir.ModelIR):
-            raise HbmError("hbm cannot predict from non-linear formulas (params:) yet")
+    def from_outputs(cls, model_ir, enc: Encoding, parents: dict, outputs) -> "Predictor":
         draws = {}
         for v in outputs.vars:   # kept in their own precision (float32): the largest arrays here
             a = np.asarray(v.values)
@@ -197,7 +286,7 @@ class Predictor:
     @classmethod
     def from_fit(cls, result) -> "Predictor":
         m = result.model
-        return cls.from_outputs(m.ir, m.encoding, dict(m.consts.get("parent") or {}), result.outputs)
+        return cls.from_outputs(m.ir, m.encoding, parent_maps(m), result.outputs)
 
     @classmethod
     def from_run(cls, run_dir: Path | str) -> "Predictor":
@@ -207,10 +296,8 @@ class Predictor:
         for name in ("model.json", "encoding.json"):
             f = p / name
             if not f.is_file():
-                nonlinear = bool(rec.spec.get("params"))
                 raise HbmError(f"run directory {p} has no {name}, which predicting needs",
-                               where=str(f), hint="hbm cannot predict from non-linear formulas yet"
-                               if nonlinear else "runs written by an older hbm lack it: fit the model again")
+                               where=str(f), hint="runs written by an older hbm lack it: fit the model again")
             try:
                 docs[name] = json.loads(f.read_text(encoding="utf-8"))
                 if docs[name].get("version") != FORMAT_VERSION:
@@ -218,7 +305,7 @@ class Predictor:
             except (ValueError, AttributeError) as e:
                 raise HbmError(f"cannot read {f}: {e}", where=str(f)) from None
         try:
-            model_ir = ir_from_dict(docs["model.json"]["ir"])
+            model_ir = model_from_dict(docs["model.json"])
             e = docs["encoding.json"]
             enc = Encoding({k: list(v) for k, v in e["labels"].items()},
                            {k: tuple(v) for k, v in e["stats"].items()},
@@ -269,12 +356,12 @@ class Predictor:
                                     "model the column as a grouping factor, e.g. (1 | " + col + ")")
 
     # ---- group values, seen and new
-    def _block_tables(self, codes, new, rng) -> dict[str, dict[tuple[str, int], np.ndarray]]:
-        """(block site, column) -> deviations (draws, size + new) for every block."""
-        pop = {t.name: t for t in self.ir.population}
+    def _block_tables(self, m: ir.ModelIR, codes, new, rng) -> dict[str, dict[tuple[str, int], np.ndarray]]:
+        """(block site, column) -> deviations (draws, size + new) for every block of ``m``."""
+        pop = {t.name: t for t in m.population}
         out: dict[tuple[str, int], np.ndarray] = {}
         S = self.n_draws
-        for b in self.ir.groups:
+        for b in m.groups:
             K = len(b.columns)
             devs = []
             for col in b.columns:
@@ -301,11 +388,11 @@ class Predictor:
                 out[(b.site, k)] = d
         return out
 
-    def _chain_tables(self, info: TableInfo, codes, new, rng) -> dict[str, np.ndarray]:
-        """Chain site of the innermost plate -> values (draws, size + new)."""
+    def _chain_tables(self, m: ir.ModelIR, codes, new, rng) -> dict[str, np.ndarray]:
+        """Chain site of the innermost plate -> values (draws, size + new), for every chain of ``m``."""
         out = {}
         S = self.n_draws
-        for c in self.ir.chains:
+        for c in m.chains:
             above = self._get(c.top)[:, None] if c.top else np.zeros((S, 1))
             above_codes = None   # each row's level in the plate above (None: the population)
             for k in reversed(range(len(c.plates))):
@@ -368,54 +455,27 @@ class Predictor:
         m = self.ir
         rng = np.random.default_rng(seed)
         codes, new = self._codes(info)
-        blocks = self._block_tables(codes, new, rng)
-        chains = self._chain_tables(info, codes, new, rng)
 
         S = self.n_draws
         sel = None
         if max_draws is not None and max_draws < S:
             sel = np.linspace(0, S - 1, max_draws).round().astype(int)
         pick = (lambda a: a) if sel is None else (lambda a: a[sel])
-
-        intercept, coefs = None, []
-        for t in m.population:
-            if t.in_chain:
-                continue
-            v = self._get(t.name, (t.name,) if t.is_vector else ())
-            if len(t.columns) == 1 and t.columns[0].is_intercept:
-                intercept = pick(v)
-            else:
-                coefs.append(pick(v).reshape(v.shape[0] if sel is None else len(sel), -1))
-        cols = population_columns(m)
-        X = np.stack([column_values(c, info) for c in cols], axis=1) if cols else None
-        b = np.concatenate(coefs, axis=1) if coefs else None
-        offset = np.sum([info.numeric(o) for o in m.offsets], axis=0) if m.offsets else None
-        terms = []  # (values (S, levels), row codes, multiplier per row or None)
-        for plate, effs in plate_effects(m).items():
-            for e in effs:
-                vals = chains[e.owner] if e.owner in chains else blocks[(e.owner, e.index)]
-                mult = None if e.column.is_intercept else column_values(e.column, info)
-                terms.append((pick(vals), codes[plate], mult))
+        n_draws = S if sel is None else len(sel)
+        if isinstance(m, NonlinearIR):
+            predictor = self._nonlinear(m, info, codes, new, rng, pick, n_draws)
+        else:
+            predictor = self._linear(m, info, codes, new, rng, pick, n_draws)
         aux = {p.name: pick(self._get(p.name)) for p in m.family.params}
         extra = self._extra(info)
 
         n = info.n
-        n_draws = S if sel is None else len(sel)
         chunk = max(1, _CHUNK // n_draws)
         key = None
         out = np.empty((n, n_draws), np.float64) if draws else np.empty((n, len(SUMMARY)))
         for start in range(0, n, chunk):
             rows = slice(start, min(n, start + chunk))
-            eta = np.zeros((n_draws, rows.stop - rows.start))
-            if intercept is not None:
-                eta += intercept[:, None]
-            if b is not None:
-                eta += b @ X[rows].T
-            if offset is not None:
-                eta += offset[rows]
-            for vals, idx, mult in terms:
-                g = vals[:, idx[rows]]
-                eta += g if mult is None else g * mult[rows]
+            eta = predictor(rows)
             if what != "eta":
                 if key is None:
                     import jax
@@ -433,6 +493,73 @@ class Predictor:
         res = pd.DataFrame(out, columns=list(SUMMARY), index=df.index)
         res["new_levels"] = _new_level_names(m, codes, n)
         return res
+
+    def _linear(self, m: ir.ModelIR, info: TableInfo, codes, new, rng, pick, n_draws: int):
+        """The linear predictor of ``m``: a function of a slice of the rows giving (draws, rows)."""
+        blocks = self._block_tables(m, codes, new, rng)
+        chains = self._chain_tables(m, codes, new, rng)
+        intercept, coefs = None, []
+        for t in m.population:
+            if t.in_chain:
+                continue
+            v = self._get(t.name, (t.name,) if t.is_vector else ())
+            if len(t.columns) == 1 and t.columns[0].is_intercept:
+                intercept = pick(v)
+            else:
+                coefs.append(pick(v).reshape(n_draws, -1))
+        cols = population_columns(m)
+        X = np.stack([column_values(c, info) for c in cols], axis=1) if cols else None
+        b = np.concatenate(coefs, axis=1) if coefs else None
+        offset = np.sum([info.numeric(o) for o in m.offsets], axis=0) if m.offsets else None
+        terms = []  # (values (S, levels), row codes, multiplier per row or None)
+        for plate, effs in plate_effects(m).items():
+            for e in effs:
+                vals = chains[e.owner] if e.owner in chains else blocks[(e.owner, e.index)]
+                mult = None if e.column.is_intercept else column_values(e.column, info)
+                terms.append((pick(vals), codes[plate], mult))
+
+        def eta_of(rows: slice) -> np.ndarray:
+            eta = np.zeros((n_draws, rows.stop - rows.start))
+            if intercept is not None:
+                eta += intercept[:, None]
+            if b is not None:
+                eta += b @ X[rows].T
+            if offset is not None:
+                eta += offset[rows]
+            for vals, idx, mult in terms:
+                g = vals[:, idx[rows]]
+                eta += g if mult is None else g * mult[rows]
+            return eta
+        return eta_of
+
+    def _nonlinear(self, nl: NonlinearIR, info: TableInfo, codes, new, rng, pick, n_draws: int):
+        """The expression of a non-linear IR (link scale): each parameter's value from its formula's
+        linear predictor (:meth:`_linear`) and its bound, the data leaves of the new rows, and the
+        limits where those are infinite. A function of a slice of the rows giving (draws, rows)."""
+        parts = {}
+        for p in nl.params:
+            if p.direct:     # the parameter itself, one value per draw
+                v = pick(self._get(p.name)).astype(np.float64)[:, None]
+                parts[p.name] = (lambda rows, v=v: v)
+                continue
+            lin = self._linear(p.model, info.view(f"{p.name} ~ {p.formula}"), codes, new, rng, pick, n_draws)
+            bound = _NP_BOUNDS.get(p.bound)
+            parts[p.name] = lin if bound is None else (lambda rows, lin=lin, bound=bound: bound(lin(rows)))
+        leaves, limits = data_leaves(nl, info)
+
+        def eta_of(rows: slice) -> np.ndarray:
+            values = {name: f(rows) for name, f in parts.items()}
+
+            def leaf(e):
+                return values[e.name] if isinstance(e, Param) else leaves[e.text][rows][None, :]
+            with np.errstate(over="ignore"):
+                out = evaluate(nl.expr, NP_OPS, leaf)
+                for lim in nl.limits:
+                    mask = limits[lim.key][rows]
+                    if mask.any():
+                        out = np.where(mask[None, :], evaluate(lim.expr, NP_OPS, leaf), out)
+            return np.broadcast_to(np.asarray(out, np.float64), (n_draws, rows.stop - rows.start))
+        return eta_of
 
     def _extra(self, info: TableInfo) -> dict[str, np.ndarray]:
         extra = {}
@@ -466,7 +593,7 @@ def _cholesky(cor: np.ndarray) -> np.ndarray:
                    hint="posterior.nc may be damaged")
 
 
-def _new_level_names(m: ir.ModelIR, codes: dict[str, np.ndarray], n: int) -> list[str]:
+def _new_level_names(m, codes: dict[str, np.ndarray], n: int) -> list[str]:
     flags = [(p.name, codes[p.name] >= p.size) for p in m.plates]
     names = [[] for _ in range(n)]
     for name, flag in flags:

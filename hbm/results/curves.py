@@ -30,8 +30,8 @@ def curve_setup(model) -> tuple[object, str, str] | None:
     """(the data leaf, the plate to draw by, its parameter) when ``model`` (a CompiledModel) has
     curves to draw, else None."""
     nl = model.ir
-    if not isinstance(nl, NonlinearIR) or len(nl.leaves) != 1:
-        return None
+    if not isinstance(nl, NonlinearIR) or len(nl.leaves) != 1 or "params" not in model.rows:
+        return None     # (a distributed run keeps only the response: no curves)
     owners = {plate: p.name for p in nl.params for plate in model.rows["params"][p.name].get("idx", {})}
     if not owners:
         return None
