@@ -16,7 +16,6 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 
 from hbm.frontend import ast as A
@@ -24,7 +23,6 @@ from hbm.ir import model as ir_mod
 from hbm.lowering.centring import centred_sites
 from hbm.data.devices import data_mesh, place, resolve_devices
 from hbm.data.encode import Encoding, encode
-from hbm.errors import HbmError
 from hbm.data.layout import Layout, build_nonlinear_rows, build_rows, layout_choice, nonlinear_codes, plan_layout
 from hbm.lowering.model import make_model
 from hbm.frontend.parse import parse_formula
