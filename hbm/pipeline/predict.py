@@ -116,14 +116,21 @@ def _col_back(d) -> ir.DesignColumn:
     return ir.DesignColumn(d["name"], tuple(_expr_back(p) for p in d["parts"]))
 
 
+def _response_dict(r: ir.Response) -> dict:
+    return {"column": r.column, "trials": r.trials, "se": r.se, "weights": r.weights}
+
+
+def _family_dict(f: ir.Family) -> dict:
+    return {"name": f.name, "link": f.link, "inferred": f.inferred,
+            "params": [{"name": p.name, "prior": _prior(p.prior)} for p in f.params]}
+
+
 def ir_to_dict(m: ir.ModelIR) -> dict:
     """The IR as plain JSON-able data (:func:`ir_from_dict` gives back an equal IR)."""
     return {
         "formula": m.formula,
-        "response": {"column": m.response.column, "trials": m.response.trials, "se": m.response.se,
-                     "weights": m.response.weights},
-        "family": {"name": m.family.name, "link": m.family.link, "inferred": m.family.inferred,
-                   "params": [{"name": p.name, "prior": _prior(p.prior)} for p in m.family.params]},
+        "response": _response_dict(m.response),
+        "family": _family_dict(m.family),
         "plates": [{"name": p.name, "columns": list(p.columns), "size": p.size} for p in m.plates],
         "population": [{"name": t.name, "columns": [_col(c) for c in t.columns], "prior": _prior(t.prior),
                         "levels": list(t.levels), "in_chain": t.in_chain} for t in m.population],
@@ -196,10 +203,8 @@ def nonlinear_to_dict(m: NonlinearIR) -> dict:
     sign), and each parameter's formula with its IR (:func:`ir_to_dict`)."""
     return {
         "formula": m.formula,
-        "response": {"column": m.response.column, "trials": m.response.trials, "se": m.response.se,
-                     "weights": m.response.weights},
-        "family": {"name": m.family.name, "link": m.family.link, "inferred": m.family.inferred,
-                   "params": [{"name": p.name, "prior": _prior(p.prior)} for p in m.family.params]},
+        "response": _response_dict(m.response),
+        "family": _family_dict(m.family),
         "expr": _nl_expr(m.expr),
         "params": [{"name": p.name, "formula": p.formula, "bound": p.bound, "model": ir_to_dict(p.model)}
                    for p in m.params],
