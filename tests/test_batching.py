@@ -62,7 +62,7 @@ def test_windows_average_to_the_full_log_joint():
     m = _model(50, df)
     stream = m.batches
     assert stream.whole and stream.scale == pytest.approx(437 / 50)
-    assert m.data["rows"]["chunk"]["y"].shape == (1, 437 + 50)
+    assert m.data["rows"].chunk.y.shape == (1, 437 + 50)
     params = _params(m)
     full = _logp(m, params)
     lp = np.asarray(_window_logp(m, stream, stream.chunk, params))
@@ -82,9 +82,9 @@ def test_chunks_of_an_epoch_cover_every_row_once():
     for k in range(4):
         if k:
             chunk = stream.next_chunk()
-        seen.append(np.asarray(chunk["X"])[0, :100, 0])
+        seen.append(np.asarray(chunk.X)[0, :100, 0])
         means.append(float(np.mean(_window_logp(m, stream, chunk, params))))
-    assert sorted(np.concatenate(seen).tolist()) == sorted(np.asarray(m.rows["X"])[:, 0].tolist())
+    assert sorted(np.concatenate(seen).tolist()) == sorted(np.asarray(m.rows.X)[:, 0].tolist())
     # each chunk's windows estimate the whole: (N / C) x its own rows; an epoch of chunks averages exactly
     np.testing.assert_allclose(np.mean(means), full, rtol=1e-5)
 
@@ -142,13 +142,13 @@ def test_chunk_b_depends_on_the_block_alone():
     m = _model(20, frame(n=400))
     kw = m.batches.model_kwargs()["consts"]
     walked = BatchStream(m.batches.rows, kw, 20, seed=3, chunk_rows=100)
-    chunks = [np.asarray(walked.chunk["X"])] + [np.asarray(walked.next_chunk()["X"]) for _ in range(5)]
+    chunks = [np.asarray(walked.chunk.X)] + [np.asarray(walked.next_chunk().X) for _ in range(5)]
     jumped = BatchStream(m.batches.rows, kw, 20, seed=3, chunk_rows=100)
-    assert np.array_equal(np.asarray(jumped.chunk_at(5)["X"]), chunks[5])     # epoch 1, second chunk
-    assert np.array_equal(np.asarray(jumped.chunk_at(2)["X"]), chunks[2])     # and back
+    assert np.array_equal(np.asarray(jumped.chunk_at(5).X), chunks[5])     # epoch 1, second chunk
+    assert np.array_equal(np.asarray(jumped.chunk_at(2).X), chunks[2])     # and back
     assert not np.array_equal(chunks[0], chunks[4])                           # a new epoch, a new order
     other = BatchStream(m.batches.rows, kw, 20, seed=4, chunk_rows=100)
-    assert not np.array_equal(np.asarray(other.chunk["X"]), chunks[0])
+    assert not np.array_equal(np.asarray(other.chunk.X), chunks[0])
 
 
 class _Stop(Exception):

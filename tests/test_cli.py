@@ -50,7 +50,8 @@ def test_fit_writes_a_run_and_show_prints_it(workdir):
     assert {"Intercept", "x", "sd(1 | g)", "sigma", "Intercept[g=g00]"} <= set(summary.index)
     assert abs(summary.loc["x", "mean"] - 0.5) < 0.2
     info = json.loads((out / "fit.json").read_text())
-    assert info["engine"] == "svi" and info["data"]["rows"] == 300 and info["seed"] == 0
+    assert info["engine"] == "svi" and info["engine_kind"] == "variational"
+    assert info["data"]["rows"] == 300 and info["seed"] == 0
     assert info["convergence"]["steps_run"] <= 300
     # the run is never overwritten
     again = hbm("fit", workdir / "spec.yaml", workdir / "data.parquet", "--out", out, "--quiet")

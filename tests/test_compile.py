@@ -33,14 +33,14 @@ def test_every_input_format_gives_the_same_model(table, tmp_path):
     models = [hbm.compile(SPEC, t) for t in inputs]
     for m in models[1:]:
         assert m.ir == models[0].ir
-        np.testing.assert_allclose(np.asarray(m.rows["y"]), np.asarray(models[0].rows["y"]), rtol=1e-6)
-        np.testing.assert_array_equal(np.asarray(m.rows["idx"]["g"]), np.asarray(models[0].rows["idx"]["g"]))
+        np.testing.assert_allclose(np.asarray(m.rows.y), np.asarray(models[0].rows.y), rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(m.rows.idx["g"]), np.asarray(models[0].rows.idx["g"]))
     m = models[0]
     assert m.encoding.labels["g"] == [f"grp{i}" for i in range(8)]
     assert [t.name for t in m.ir.population] == ["Intercept", "x", "factor(k)"]
     assert m.ir.population[2].levels == ("1", "2")
-    assert m.rows["X"].shape == (240, 3) and m.rows["X"].dtype == np.float32
-    assert m.rows["idx"]["g"].dtype == np.int32
+    assert m.rows.X.shape == (240, 3) and m.rows.X.dtype == np.float32
+    assert m.rows.idx["g"].dtype == np.int32
 
 
 def test_numpyro_model_runs_with_plain_numpyro(table):

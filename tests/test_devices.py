@@ -90,7 +90,7 @@ def test_layouts_give_the_same_log_joint(formula, family, plans):
         assert auto.layout.kind == "flat"
     else:
         assert auto.layout.kind == "panel" and {p: v.kind for p, v in auto.layout.plans.items()} == plans
-        assert "mask" in auto.data["rows"]                     # 10% of the cells are empty
+        assert auto.data["rows"].mask is not None                    # 10% of the cells are empty
     params = _params(flat, flat.data)
     v_flat, g_flat = _vg(flat, flat.data, params)
     v_auto, g_auto = _vg(auto, auto.data, params)
@@ -105,8 +105,8 @@ def test_complete_panel_needs_no_mask():
     df = panel_frame(drop=0.0)
     m = compile_table(_spec(SEED, "poisson"), df, layout="panel")
     assert m.layout.kind == "panel" and m.layout.width == 8
-    assert "mask" not in m.data["rows"] and m.data["rows"]["y"].shape == (30, 8)
-    assert m.data["consts"]["pattern"]["category:period"].shape == (3, 8)
+    assert m.data["rows"].mask is None and m.data["rows"].y.shape == (30, 8)
+    assert m.data["consts"].pattern["category:period"].shape == (3, 8)
     # the model still takes the documented per-row arrays, in the data's order
     params = _params(m, m.data)
     v_fit, _ = _vg(m, m.data, params)
@@ -176,11 +176,11 @@ WORKER = textwrap.dedent("""
     from hbm.data.batching import window
     m = compile_table(_spec(SEED, "poisson", batch_size=40), df, devices=4)
     s = m.batches
-    chunk = m.data["rows"]["chunk"]
+    chunk = m.data["rows"].chunk
     lp = jax.jit(jax.vmap(lambda i: log_density(m.numpyro_model, (window(s, chunk, i), m.consts),
                                                 {{"scale": s.scale}}, params)[0]))(jnp.arange(s.chunk_per_device))
     out["batch-mean"] = float(np.mean(np.asarray(lp)))
-    out["batch-shape"] = list(chunk["y"].shape)
+    out["batch-shape"] = list(chunk.y.shape)
     print(json.dumps(out))
 """)
 

@@ -4,6 +4,7 @@ prints (the summary, the convergence line, the verdict) and writes the run direc
 a one-process fit's."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -159,7 +160,7 @@ def test_shares_of_the_rows_add_up_to_the_whole(layout):
     for (a, b), blk in zip(zip(cuts, cuts[1:]), blocks):
         part = jax.tree.map(lambda v: v[a:b], flat_rows)
         rows, lay = build_rows(m.ir, m.layout, part, np.arange(a, b), blk, mask=True)
-        rows, consts = place(rows, {**jax.tree.map(np.asarray, m.consts), **lay}, None)
+        rows, consts = place(rows, dataclasses.replace(jax.tree.map(np.asarray, m.consts), pattern=lay.pattern), None)
         from hbm.data.layout import pad_rows
         rows = jax.tree.map(jax.numpy.asarray, pad_rows(jax.tree.map(np.asarray, rows), 1, length))
         total += float(logp(params, rows, consts)) - prior

@@ -405,7 +405,7 @@ def test_family(family, link):
     params = assert_same_logdensity(c, hand)
     # the simulation path (posterior predictive) uses the same per-row distribution
     got = obs_logp(lambda rows, consts: c.model(rows, consts, mode="simulate"), (c.rows, c.consts), params,
-                   y=c.rows["y"])
+                   y=c.rows.y)
     want = obs_logp(hand, (), params)
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
     # the latent-only path is the prior: the log joint less the likelihood

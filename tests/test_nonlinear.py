@@ -22,7 +22,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpyro import handlers
-from numpyro.infer.reparam import LocScaleReparam
 from numpyro.infer.util import log_density
 
 import hbm
@@ -32,6 +31,9 @@ from hbm.errors import HbmError
 from hbm.frontend.parse import parse_formula, parse_nonlinear
 from hbm.pipeline.simulate import simulate
 from hbm.spec import load_spec
+
+import hand_4pl as hand
+from hand_4pl import prior_draw
 
 FOUR_PL = "response ~ bottom + (top - bottom) / (1 + exp(hill * (log(dose) - log_ic50)))"
 PARAMS = {"bottom": "1 + (1 | plate)", "top": "1 + (1 | plate)", "log_ic50": "1 | compound/target", "hill": "1"}
@@ -263,55 +265,11 @@ def test_log_of_negative_data_is_an_error_with_a_caret():
 
 # ====================================================================== log density
 def codes(col, df=DF):
-    labels, idx = np.unique(df[col].to_numpy(), return_inverse=True)
-    return jnp.asarray(idx), len(labels)
+    return hand.codes(col, df)
 
 
 def hand_4pl(df=DF, noncentered=False):
-    """The 4PL written by hand in NumPyro, with hbm's site names; controls by the double where."""
-    plate, n_plate = codes("plate", df)
-    comp, n_comp = codes("compound", df)
-    target, n_target = codes("target", df)
-    parent = np.zeros(n_comp, np.int32)
-    parent[np.asarray(comp)] = np.asarray(target)
-    dose = jnp.asarray(df["dose"].to_numpy(), jnp.float32)
-    y = jnp.asarray(df["response"].to_numpy(), jnp.float32)
-
-    def model():
-        bottom = numpyro.sample("bottom", dist.Normal(0.0, 20.0))
-        sd_b = numpyro.sample("sd(bottom | plate)", dist.HalfNormal(5.0))
-        with numpyro.plate("plate", n_plate):
-            r_b = numpyro.sample("r(bottom | plate)", dist.Normal(0.0, sd_b))
-        top = numpyro.sample("top", dist.Normal(100.0, 20.0))
-        sd_t = numpyro.sample("sd(top | plate)", dist.HalfNormal(5.0))
-        with numpyro.plate("plate", n_plate):
-            r_t = numpyro.sample("r(top | plate)", dist.Normal(0.0, sd_t))
-        lic = numpyro.sample("log_ic50", dist.Normal(0.0, 3.0))
-        sd_target = numpyro.sample("sd(log_ic50 | target)", dist.HalfNormal(2.0))
-        with numpyro.plate("target", n_target):
-            lic_t = numpyro.sample("log_ic50[target]", dist.Normal(lic, sd_target))
-        sd_comp = numpyro.sample("sd(log_ic50 | compound)", dist.HalfNormal(2.0))
-        with numpyro.plate("compound", n_comp):
-            lic_c = numpyro.sample("log_ic50[compound]", dist.Normal(lic_t[parent], sd_comp))
-        hill = numpyro.sample("hill", dist.LogNormal(0.0, 0.5))   # a bounded parameter of formula 1: itself
-        sigma = numpyro.sample("sigma", dist.Exponential(0.2))
-        lo, hi = bottom + r_b[plate], top + r_t[plate]
-        control = dose == 0
-        x = jnp.log(jnp.where(control, 1.0, dose))
-        mu = jnp.where(control, hi, lo + (hi - lo) / (1.0 + jnp.exp(hill * (x - lic_c[comp]))))
-        with numpyro.plate("rows", len(y)):
-            numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
-
-    if not noncentered:
-        return model
-    sites = ["bottom", "top", "log_ic50", "r(bottom | plate)", "r(top | plate)",
-             "log_ic50[target]", "log_ic50[compound]"]
-    return handlers.reparam(model, config={s: LocScaleReparam(0) for s in sites})
-
-
-def prior_draw(model, seed):
-    tr = handlers.trace(handlers.seed(model, seed)).get_trace()
-    return {k: v["value"] for k, v in tr.items() if v["type"] == "sample" and not v["is_observed"]}
+    return hand.hand_4pl(df, noncentered)
 
 
 @pytest.mark.parametrize("noncentered", [False, True])
@@ -348,7 +306,7 @@ def test_controls_alone_have_the_top_asymptote_likelihood():
     controls = DF[DF["dose"] == 0].reset_index(drop=True)
     compiled = compile_(spec_of(), controls, noncentered=False)
     rows, consts = compiled.rows, compiled.consts
-    assert np.isfinite(np.asarray(rows["data"]["log(dose)"])).all()  # finite stand-ins, never -inf
+    assert np.isfinite(np.asarray(rows.data["log(dose)"])).all()  # finite stand-ins, never -inf
     params = prior_draw(hand_4pl(controls), 3)
     params["hill"] = jnp.float32(0.7)
     model = compiled.numpyro_model
@@ -442,7 +400,7 @@ one, two = (hbm.compile(spec, df, devices=d) for d in (1, 2))
 p = prior_draw(hand_4pl(df), 0)
 lp = [float(jax.jit(lambda q, d: log_density(m.numpyro_model, (), d, q)[0])(p, m.data)) for m in (one, two)]
 g = jax.jit(jax.grad(lambda q, d: log_density(two.numpyro_model, (), d, q)[0]))(p, two.data)
-assert two.n_devices == 2 and two.rows["mask"].shape[0] == len(df) + 1
+assert two.n_devices == 2 and two.rows.mask.shape[0] == len(df) + 1
 assert abs(lp[0] - lp[1]) < 1e-3 * abs(lp[0]), lp
 assert all(np.isfinite(np.asarray(v)).all() for v in g.values())
 """
@@ -697,7 +655,7 @@ def test_numbers_inside_the_expression(formula, fn):
             "family": "normal"}
     model = compile_(spec, DECAY, noncentered=False)
     mean = handlers.substitute(handlers.seed(model.numpyro_model, 0), data={"a": 1.3, "b": -0.7, "sigma": 1.0})(
-        model.rows, model.consts)
+        model.rows, model.consts, mode="eta")
     np.testing.assert_allclose(np.asarray(mean), fn(1.3, -0.7, DECAY["x"].to_numpy()), rtol=1e-5, atol=1e-5)
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
 import numpyro.distributions as dist
 import pandas as pd
 import pytest
@@ -29,6 +28,8 @@ from hbm.pipeline.compiled import compile_table
 from hbm.pipeline.predict import Predictor, model_from_dict, model_to_dict
 from hbm.pipeline.simulate import simulate
 from hbm.spec import load_spec
+
+from hand_4pl import codes, hand_4pl, prior_draw
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -56,52 +57,9 @@ def dose_data(seed=3, rows=600):
 DF, TRUTH = dose_data()
 
 
-def codes(col, df):
-    labels, idx = np.unique(df[col].to_numpy(), return_inverse=True)
-    return jnp.asarray(idx), len(labels)
-
-
 def hand_student_4pl(df):
     """The dose-response spec's model written by hand in NumPyro (centred), with hbm's site names."""
-    plate, n_plate = codes("plate", df)
-    comp, n_comp = codes("compound", df)
-    target, n_target = codes("target", df)
-    parent = np.zeros(n_comp, np.int32)
-    parent[np.asarray(comp)] = np.asarray(target)
-    dose = jnp.asarray(df["dose"].to_numpy(), jnp.float32)
-    y = jnp.asarray(df["response"].to_numpy(), jnp.float32)
-
-    def model():
-        bottom = numpyro.sample("bottom", dist.Normal(0.0, 20.0))
-        sd_b = numpyro.sample("sd(bottom | plate)", dist.HalfNormal(5.0))
-        with numpyro.plate("plate", n_plate):
-            r_b = numpyro.sample("r(bottom | plate)", dist.Normal(0.0, sd_b))
-        top = numpyro.sample("top", dist.Normal(100.0, 20.0))
-        sd_t = numpyro.sample("sd(top | plate)", dist.HalfNormal(5.0))
-        with numpyro.plate("plate", n_plate):
-            r_t = numpyro.sample("r(top | plate)", dist.Normal(0.0, sd_t))
-        lic = numpyro.sample("log_ic50", dist.Normal(0.0, 3.0))
-        sd_target = numpyro.sample("sd(log_ic50 | target)", dist.HalfNormal(2.0))
-        with numpyro.plate("target", n_target):
-            lic_t = numpyro.sample("log_ic50[target]", dist.Normal(lic, sd_target))
-        sd_comp = numpyro.sample("sd(log_ic50 | compound)", dist.HalfNormal(2.0))
-        with numpyro.plate("compound", n_comp):
-            lic_c = numpyro.sample("log_ic50[compound]", dist.Normal(lic_t[parent], sd_comp))
-        hill = numpyro.sample("hill", dist.LogNormal(0.0, 0.5))
-        sigma = numpyro.sample("sigma", dist.Exponential(0.2))
-        nu = numpyro.sample("nu", dist.Gamma(2.0, 0.1))
-        lo, hi = bottom + r_b[plate], top + r_t[plate]
-        control = dose == 0
-        x = jnp.log(jnp.where(control, 1.0, dose))
-        mu = jnp.where(control, hi, lo + (hi - lo) / (1.0 + jnp.exp(hill * (x - lic_c[comp]))))
-        with numpyro.plate("rows", len(y)):
-            numpyro.sample("y", dist.StudentT(nu, mu, sigma), obs=y)
-    return model
-
-
-def prior_draw(model, seed):
-    tr = handlers.trace(handlers.seed(model, seed)).get_trace()
-    return {k: v["value"] for k, v in tr.items() if v["type"] == "sample" and not v["is_observed"]}
+    return hand_4pl(df, student_t=True)
 
 
 def compiled(df=DF, devices=1, layout=None, **over):
@@ -140,8 +98,8 @@ def test_a_fused_family_takes_its_constant_from_the_rows():
             "priors": {"lo": "lognormal(0, 1)", "span": "lognormal(2, 1)", "k": "lognormal(0, 1)",
                        "mid": "normal(1, 1)", "sd(b | g)": "half_normal(0.5)"}}
     m = compile_table(load_spec(spec), df, devices=1, noncentered=False)
-    assert "lp0" in m.rows
-    np.testing.assert_allclose(np.asarray(m.rows["lp0"]), -np.array([np.sum(np.log(np.arange(1, v + 1)))
+    assert m.rows.lp0 is not None
+    np.testing.assert_allclose(np.asarray(m.rows.lp0), -np.array([np.sum(np.log(np.arange(1, v + 1)))
                                                                      for v in y]), rtol=1e-5, atol=1e-4)
     gi, ng = codes("g", df)
     params = {"lo": jnp.float32(1.7), "span": jnp.float32(7.0), "k": jnp.float32(1.2), "mid": jnp.float32(1.4),
@@ -157,8 +115,8 @@ def test_the_panel_layout_gives_the_same_log_density():
     """Compounds as block rows (their log IC50 a code per block row), plates a code per cell."""
     flat, panel = compiled(layout="flat"), compiled(layout="panel")
     assert flat.layout.kind == "flat" and panel.layout.kind == "panel" and panel.layout.plate == "compound"
-    assert panel.fit_rows["y"].shape == (15, 40) and panel.fit_rows["params"]["log_ic50"]["idx"]["compound"].shape == (15,)
-    assert np.asarray(panel.rows["y"]).shape == (600,)            # the host keeps the flat rows
+    assert panel.fit_rows.y.shape == (15, 40) and panel.fit_rows.params["log_ic50"].idx["compound"].shape == (15,)
+    assert np.asarray(panel.rows.y).shape == (600,)            # the host keeps the flat rows
     hand = hand_student_4pl(DF)
     for seed in range(2):
         params = prior_draw(hand, seed)
@@ -185,13 +143,13 @@ DEVICES = textwrap.dedent("""
             lambda p, a: log_density(m.numpyro_model, (), a, p)[0])(params, m.data))
         g = jax.jit(jax.grad(lambda p, a: log_density(m.numpyro_model, (), a, p)[0]))(params, m.data)
         out[f"finite{{d}}"] = all(bool(np.isfinite(np.asarray(v)).all()) for v in g.values())
-        out[f"rows{{d}}"] = int(m.rows["y"].shape[0])
+        out[f"rows{{d}}"] = int(m.rows.y.shape[0])
     m = compiled(df, devices=4, layout="panel")
     out["panel4"] = float(jax.jit(lambda p, a: log_density(m.numpyro_model, (), a, p)[0])(params, m.data))
     out["panel4-layout"] = m.layout.kind
     # minibatches over the 4 devices: the windows of the chunk average to the whole
     m = compiled(df, devices=4, batch_size=40)
-    s, chunk = m.batches, m.data["rows"]["chunk"]
+    s, chunk = m.batches, m.data["rows"].chunk
     lp = jax.jit(jax.vmap(lambda i: log_density(m.numpyro_model, (window(s, chunk, i), m.consts),
                                                 {{"scale": s.scale}}, params)[0]))(jnp.arange(s.chunk_per_device))
     out["batch-mean"] = float(np.mean(np.asarray(lp)))
@@ -224,7 +182,7 @@ def test_minibatch_windows_average_to_the_full_log_density():
     s = m.batches
     assert s is not None and s.batch_size == 50 and "minibatches of 50 rows" in m.describe()
     params = prior_draw(hand_student_4pl(DF), 2)
-    chunk = m.data["rows"]["chunk"]
+    chunk = m.data["rows"].chunk
     lp = jax.jit(jax.vmap(lambda i: log_density(m.numpyro_model, (window(s, chunk, i), m.consts),
                                                 {"scale": s.scale}, params)[0]))(jnp.arange(s.chunk_per_device))
     np.testing.assert_allclose(float(np.mean(np.asarray(lp))), _logp(full, params), rtol=1e-5)

@@ -74,7 +74,7 @@ def test_the_run_directory_holds_what_predicting_needs(fitted):
 def test_seen_levels_match_the_models_own_linear_predictor(fitted):
     _, df, model, result, _ = fitted
     rows = model.rows
-    assert np.allclose(np.asarray(rows["y"])[: len(df)], df["y"].to_numpy(), atol=1e-5)  # rows in data order
+    assert np.allclose(np.asarray(rows.y)[: len(df)], df["y"].to_numpy(), atol=1e-5)  # rows in data order
     eta = result.predict(df, what="eta", draws=True)              # (rows, draws)
     mean = result.predict(df, what="mean", draws=True)
     assert eta.shape == (len(df), 200)

@@ -66,7 +66,7 @@ def _latent_draw(model, seed: int) -> tuple[dict, dict]:
 @pytest.mark.parametrize("case", sorted(SPECS))
 def test_log_joint_equals_the_unwhitened_model(case):
     white, plain = _compiled(case, True), _compiled(case, False)
-    consts = white.consts["whiten"]
+    consts = white.consts.whiten
     B_inv, c = np.asarray(consts["B_inv"], np.float64), np.asarray(consts["c"], np.float64)
     members = block_members(white.ir)
     for seed in range(3):
@@ -89,8 +89,8 @@ def test_log_joint_equals_the_unwhitened_model(case):
 def test_uncentred_design_is_whitened():
     """The block's design (intercept column and X B_inv) has identity covariance on the rows."""
     white = _compiled("interaction", True)
-    consts = white.consts["whiten"]
-    X = np.asarray(white.rows["X"], np.float64)
+    consts = white.consts.whiten
+    X = np.asarray(white.rows.X, np.float64)
     B_inv = np.asarray(consts["B_inv"], np.float64)
     design = np.column_stack([np.ones(N), X]) @ B_inv          # eta's population part per unit of w
     s = B_inv[0, 0]
@@ -101,7 +101,7 @@ def test_uncentred_design_is_whitened():
 
 def test_prior_draws_are_the_users_priors():
     white = _compiled("interaction", True)
-    consts = white.consts["whiten"]
+    consts = white.consts.whiten
     members = block_members(white.ir)
     from hbm.lowering.whiten import prior_runs
     d = WhitenedPrior(prior_runs(members), consts["B_inv"], consts["c"], consts["log_det"])
@@ -126,7 +126,7 @@ def test_sheared_intercepts():
     white = _compiled("poisson_chain", True)
     plan = shear_plan(white.ir)
     assert list(plan) == ["g"] and plan["g"].intercept == "Intercept[g]"
-    means = np.asarray(white.consts["shear"]["g"])
+    means = np.asarray(white.consts.shear["g"])
     expect = DF.groupby("g")["iq"].mean().to_numpy()       # levels in sorted order
     np.testing.assert_allclose(means[:, 0], expect, rtol=1e-5)
     params, _ = _latent_draw(white, 0)

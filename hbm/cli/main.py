@@ -296,7 +296,6 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict | 
     removed once the run directory is written. ``--distributed`` (``resume`` None): every process
     fits, without checkpoints; process 0 alone prints and writes.
     """
-    import dataclasses
 
     import jax
 
@@ -363,9 +362,6 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict | 
         result.diagnostics = {**(result.diagnostics or {}), "subset_check": check}
         print(check["verdict"])
         print(check["overall"])
-    observed = getattr(model, "observed_y", None)
-    if observed is not None:   # distributed: every row's response, in the file's order
-        result.model = dataclasses.replace(model, rows={"y": observed})
     path = result.save(run_dir, overwrite=args.overwrite)
     if part is not None:
         remove_partial(part)

@@ -24,8 +24,8 @@ How rows get there:
   block runs.
 
 The model function for fitting is ``batched(model)``: called with
-``rows={"chunk": ..., "stream": ...}`` it picks the batch; called with plain
-rows it is the model itself (posterior summaries, simulation).
+``rows=Batch(chunk, stream)`` (``hbm.data.arrays``) it picks the batch; called with
+plain rows it is the model itself (posterior summaries, simulation).
 """
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dataclasses import replace
+
+from hbm.data.arrays import Batch, Consts, n_rows
 from hbm.errors import HbmError
 
 CHUNK_ROWS = 1 << 22     # rows kept on the devices at a time (when the data has more)
@@ -44,10 +47,10 @@ CHUNK_ROWS = 1 << 22     # rows kept on the devices at a time (when the data has
 class BatchStream:
     """The host rows, the chunk on the devices, and the next chunk being prepared."""
 
-    def __init__(self, rows: dict, consts: dict, batch_size: int, seed: int = 0, mesh=None,
+    def __init__(self, rows, consts: Consts, batch_size: int, seed: int = 0, mesh=None,
                  chunk_rows: int | None = None):
-        self.rows = rows                        # flat NumPy rows (with "lp0")
-        self.n = int(rows["y"].shape[0])
+        self.rows = rows                        # flat NumPy rows (with lp0)
+        self.n = n_rows(rows)
         self.mesh = mesh
         self.devices = 1 if mesh is None else mesh.devices.size
         d = self.devices
@@ -65,13 +68,13 @@ class BatchStream:
         self._consts = consts
         self.block = 0                           # the block whose chunk is in place
         self._current = self._make_chunk(0)
-        self._next: tuple[int, dict] | None = None
+        self._next: tuple[int, object] | None = None
         self._thread: threading.Thread | None = None
         self.chunks = 1
 
     # ---- what the engine sees
     def model_kwargs(self) -> dict:
-        return {"rows": {"chunk": self._current, "stream": self}, "consts": self._consts}
+        return {"rows": Batch(self._current, self), "consts": self._consts}
 
     def kwargs_at(self, block: int) -> dict | None:
         """The model's keyword arguments with chunk ``block`` in place; None when the chunk is all
@@ -81,11 +84,11 @@ class BatchStream:
         self.chunk_at(block)
         return self.model_kwargs()
 
-    def next_chunk(self) -> dict:
+    def next_chunk(self):
         """The chunk of the next block, put in place."""
         return self.chunk_at(self.block + 1)
 
-    def chunk_at(self, block: int) -> dict:
+    def chunk_at(self, block: int):
         """Put chunk ``block`` in place (the prefetched one when it is that) and start preparing
         the one after."""
         if self.whole or block == self.block:
@@ -100,7 +103,7 @@ class BatchStream:
         return self._current
 
     @property
-    def chunk(self) -> dict:
+    def chunk(self):
         return self._current
 
     # ---- chunks
@@ -123,7 +126,7 @@ class BatchStream:
             need -= take
         return np.concatenate(out)
 
-    def _make_chunk(self, block: int) -> dict:
+    def _make_chunk(self, block: int):
         idx = self._indices(block)
         d, cd, bd = self.devices, self.chunk_per_device, self.per_device
         mask = np.zeros(d * cd, bool)
@@ -138,10 +141,11 @@ class BatchStream:
             wrap = np.concatenate([a, a[:, :bd]], axis=1)        # windows may run past the end
             return self._put(wrap)
 
-        chunk = jax.tree.map(part, {k: v for k, v in self.rows.items() if k != "mask"})
-        if not mask.all():
-            chunk["mask"] = part(mask)
-        return chunk
+        rows = self.rows
+        if rows.mask is not None:      # a row's own mask travels with it; padding is masked on top
+            mask = mask & np.asarray(rows.mask)[pos]
+        chunk = jax.tree.map(part, replace(rows, mask=None))
+        return chunk if mask.all() else replace(chunk, mask=part(mask))
 
     def _put(self, a: np.ndarray):
         if self.mesh is None:
@@ -158,7 +162,7 @@ class BatchStream:
         self._thread.start()
 
 
-def window(stream: BatchStream, chunk: dict, start) -> dict:
+def window(stream: BatchStream, chunk, start):
     """The batch at ``start``: ``per_device`` rows from there in every device's part of the chunk."""
     bd = stream.per_device
 
@@ -173,11 +177,11 @@ def batched(model: Callable) -> Callable:
     import numpyro
 
     def model_fn(rows, consts, mode="fit", scale=None):
-        if isinstance(rows, dict) and "chunk" in rows:
-            stream = rows["stream"]
+        if isinstance(rows, Batch):
+            stream = rows.stream
             key = numpyro.prng_key()
             cd = stream.chunk_per_device
             start = jax.random.randint(key, (), 0, cd) if key is not None and cd > 1 else 0
-            return model(window(stream, rows["chunk"], start), consts, mode, stream.scale)
+            return model(window(stream, rows.chunk, start), consts, mode, stream.scale)
         return model(rows, consts, mode, scale)
     return model_fn

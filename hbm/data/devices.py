@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from hbm.errors import HbmError
+from hbm.data.arrays import Consts
 from hbm.data.layout import pad_rows
 
 
@@ -40,8 +41,9 @@ def data_mesh(n_dev: int):
                          devices=jax.devices()[:n_dev])
 
 
-def place(rows: dict, consts: dict, mesh, local_length: int | None = None) -> tuple[dict, dict]:
-    """Device arrays for ``rows`` (sharded on axis 0 over ``mesh``) and ``consts`` (replicated).
+def place(rows, consts: Consts, mesh, local_length: int | None = None):
+    """Device arrays for ``rows`` (:class:`hbm.data.arrays.Rows` or ``NonlinearRows``, sharded on
+    axis 0 over ``mesh``; None: none) and ``consts`` (replicated).
 
     ``rows`` are this process's rows; with several processes every process passes the same
     ``local_length`` (its rows are padded to it) so the global arrays line up."""
@@ -51,7 +53,7 @@ def place(rows: dict, consts: dict, mesh, local_length: int | None = None) -> tu
     if mesh is None:
         return jax.tree.map(jnp.asarray, rows), jax.tree.map(jnp.asarray, consts)
     local_devices = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
-    if rows:
+    if rows is not None:
         rows = pad_rows(rows, local_devices, local_length)
     shard, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     if jax.process_count() == 1:
@@ -65,8 +67,7 @@ def place(rows: dict, consts: dict, mesh, local_length: int | None = None) -> tu
             jax.tree.map(lambda a: jax.make_array_from_process_local_data(rep, np.asarray(a)), consts))
 
 
-def shard_rows(rows: dict, n_dev: int):
-    """Pad rows to a multiple of ``n_dev`` (padding masked) and place them on a 1-D ``data`` mesh."""
-    mesh = data_mesh(n_dev)
-    placed, _ = place(rows, {}, mesh)
-    return placed, mesh
+def place_consts(consts: Consts, mesh) -> Consts:
+    """``consts`` on the devices of ``mesh`` (replicated), or on the default device."""
+    return place(None, consts, mesh)[1]
+

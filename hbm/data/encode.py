@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hbm.data.arrays import Consts, Rows
 from hbm.ir import model as ir
 from hbm.data.table import TableInfo
 from hbm.ir.model import plate_effects, population_columns
@@ -26,54 +27,47 @@ class Encoding:
     factor_levels: dict[str, list[str]]        # categorical column -> its levels in the fit
 
 
-def encode(model: ir.ModelIR, info: TableInfo) -> tuple[dict, dict, Encoding]:
+def encode(model: ir.ModelIR, info: TableInfo) -> tuple[Rows, Consts, Encoding]:
     """Return (rows, consts, encoding): per-row arrays, model constants, and the level tables."""
-    n = info.n
-    rows: dict = {}
     resp = model.response
-    rows["y"] = info.numeric(_var(resp.column)).astype(np.float32)
-    for key in ("trials", "se", "weights"):
-        col = getattr(resp, key)
-        if col:
-            rows[key] = info.numeric(_var(col)).astype(np.float32)
-    if model.offsets:
-        rows["offset"] = np.sum([info.numeric(o) for o in model.offsets], axis=0).astype(np.float32)
+    extras = {key: info.numeric(_var(getattr(resp, key))).astype(np.float32)
+              for key in ("trials", "se", "weights") if getattr(resp, key)}
+    offset = (np.sum([info.numeric(o) for o in model.offsets], axis=0).astype(np.float32)
+              if model.offsets else None)
     cols = population_columns(model)
-    if cols:
-        rows["X"] = np.stack([column_values(c, info) for c in cols], axis=1).astype(np.float32)
-    rows["idx"], rows["Z"] = {}, {}
-    labels = {}
+    X = np.stack([column_values(c, info) for c in cols], axis=1).astype(np.float32) if cols else None
+    idx, Z, labels = {}, {}, {}
     for plate, effects in plate_effects(model).items():
         p = model.plate(plate)
         codes, labels[plate] = info.levels(p.columns)
-        rows["idx"][plate] = codes.astype(np.int32)
+        idx[plate] = codes.astype(np.int32)
         slopes = [e.column for e in effects if not e.column.is_intercept]
         if slopes:
-            rows["Z"][plate] = np.stack([column_values(c, info) for c in slopes], axis=1).astype(np.float32)
+            Z[plate] = np.stack([column_values(c, info) for c in slopes], axis=1).astype(np.float32)
     for p in model.plates:
         labels.setdefault(p.name, info.levels(p.columns)[1])
-    consts = encode_consts(model, info)
     factors = {}
     for t in model.population:
         for c in t.columns:
             for part in c.parts:
                 if isinstance(part, ir.Level):
                     factors[part.column] = info.levels((part.column,))[1]
-    assert all(len(v) == n for k, v in rows.items() if not isinstance(v, dict))
-    return rows, consts, Encoding(labels, dict(info.stats), factors)
+    y = info.numeric(_var(resp.column)).astype(np.float32)
+    rows = Rows(y=y, X=X, offset=offset, idx=idx, Z=Z, **extras)
+    return rows, encode_consts(model, info), Encoding(labels, dict(info.stats), factors)
 
 
-def encode_consts(model: ir.ModelIR, info: TableInfo) -> dict:
+def encode_consts(model: ir.ModelIR, info: TableInfo) -> Consts:
     """Model constants: the parent level of every level of a nested plate (from all the rows:
     a process holding a share of them passes a view of the whole table, ``hbm.pipeline.distributed``)."""
-    consts = {"parent": {}}
-    for child, parent in model.nestings:
+    parent = {}
+    for child, parent_plate in model.nestings:
         ci, _ = info.levels(model.plate(child).columns)
-        co, _ = info.levels(model.plate(parent).columns)
+        co, _ = info.levels(model.plate(parent_plate).columns)
         m = np.zeros(model.plate(child).size, np.int32)
         m[ci] = co
-        consts["parent"][f"{child}>{parent}"] = m
-    return consts
+        parent[f"{child}>{parent_plate}"] = m
+    return Consts(parent=parent)
 
 
 def column_values(col: ir.DesignColumn, info: TableInfo) -> np.ndarray:

@@ -1,8 +1,11 @@
 """Encode a non-linear IR: each parameter's arrays, the data leaves and the limits' row masks."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from hbm.frontend import ast as A
+from hbm.data.arrays import Consts, NonlinearRows
 from hbm.errors import HbmError
 from hbm.data.encode import Encoding, encode
 from hbm.data.table import TableInfo
@@ -22,28 +25,24 @@ def parameter_table(info: TableInfo, name: str, source: str, bound: str, scale: 
 
 
 # ---------------------------------------------------------------------- encode
-def encode_nonlinear(model: NonlinearIR, info: TableInfo) -> tuple[dict, dict, Encoding]:
+def encode_nonlinear(model: NonlinearIR, info: TableInfo) -> tuple[NonlinearRows, Consts, Encoding]:
     """(rows, consts, encoding): the response, each parameter's arrays, the data leaves (finite:
     a typical value stands in where a leaf is infinite) and one row mask per limit."""
     resp = model.response
-    rows: dict = {"y": info.numeric(A.Var(resp.column)).astype(np.float32)}
-    for key in ("trials", "se", "weights"):
-        col = getattr(resp, key)
-        if col:
-            rows[key] = info.numeric(A.Var(col)).astype(np.float32)
-    rows["params"], consts = {}, {"params": {}}
+    extras = {key: info.numeric(A.Var(getattr(resp, key))).astype(np.float32)
+              for key in ("trials", "se", "weights") if getattr(resp, key)}
+    params, param_consts = {}, {}
     labels, factors = {}, {}
     for p in model.params:
         src = f"{p.name} ~ {p.formula}"
         r, c, enc = encode(p.model, parameter_table(info, p.name, src, p.bound, 1.0))
-        r.pop("y")
-        rows["params"][p.name], consts["params"][p.name] = r, c
+        params[p.name], param_consts[p.name] = replace(r, y=None), c
         labels.update(enc.labels)
         factors.update(enc.factor_levels)
     data, limits = data_leaves(model, info)
-    rows["data"] = {text: v.astype(np.float32) for text, v in data.items()}
-    rows["limits"] = limits
-    return rows, consts, Encoding(labels, dict(info.stats), factors)
+    rows = NonlinearRows(y=info.numeric(A.Var(resp.column)).astype(np.float32), params=params,
+                         data={text: v.astype(np.float32) for text, v in data.items()}, limits=limits, **extras)
+    return rows, Consts(params=param_consts), Encoding(labels, dict(info.stats), factors)
 
 
 def data_leaves(model: NonlinearIR, info: TableInfo) -> tuple[dict, dict]:

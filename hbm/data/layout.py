@@ -18,10 +18,10 @@ into reductions:
   ============ ============================================ ==============================
   plan         arrays                                        gradient
   ============ ============================================ ==============================
-  ``row``      ``rows["idx"][p]``: a code per block row      a sum over T, then F scatters
-  ``pattern``  ``consts["pattern"][p]`` ``(G, T)`` codes,    G x T scatters, then F row
-               ``rows["pattern"][p]``: a pattern per row      scatters of T-vectors
-  ``cell``     ``rows["idx"][p]``: ``(F, T)`` codes           n scatters (as flat)
+  ``row``      ``rows.idx[p]``: a code per block row         a sum over T, then F scatters
+  ``pattern``  ``consts.pattern[p]`` ``(G, T)`` codes,       G x T scatters, then F row
+               ``rows.pattern[p]``: a pattern per row         scatters of T-vectors
+  ``cell``     ``rows.idx[p]``: ``(F, T)`` codes              n scatters (as flat)
   ============ ============================================ ==============================
 
 - **flat**: the rows as ``encode`` gives them (order kept: on CPU, sorting
@@ -30,7 +30,7 @@ into reductions:
   and bit-for-bit the same numerics as before matter more.
 
 The data-only part of the log density (``-lgamma(y + 1)`` for Poisson) is
-summed here once per block row (``rows["lp0"]``). The layout is planned from
+summed here once per block row (``rows.lp0``). The layout is planned from
 the grouping codes of *all* rows (``plan_layout``) and built for any subset
 of them (``build_rows``), so processes that each hold a share of the rows
 build blocks that agree (``hbm.pipeline.distributed``).
@@ -42,10 +42,12 @@ with a pattern for category-by-period 6 ms.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import jax
 import numpy as np
 
+from hbm.data.arrays import Consts, NonlinearRows, Rows, n_rows
 from hbm.ir import model as ir
 from hbm.vocabulary.families import FUSED
 
@@ -94,7 +96,7 @@ class Layout:
 
 
 def plan_layout(model: ir.ModelIR, codes: dict[str, np.ndarray], n: int, kind: str | None = None) -> Layout:
-    """Choose the layout from every row's plate codes (``rows["idx"]`` of all rows); ``kind``
+    """Choose the layout from every row's plate codes (``rows.idx`` of all rows); ``kind``
     "auto" (the default; ``HBM_LAYOUT`` overrides), "panel" (when the rows allow one) or "flat"."""
     kind = layout_choice(kind)
     if kind == "flat" or not codes or (kind == "auto" and n < MIN_ROWS):
@@ -147,80 +149,75 @@ def _plan_panel(plate: str, levels: int, codes: dict[str, np.ndarray], n: int) -
     return Layout("panel", n, plate, width, levels, f, cell, plans)
 
 
-def build_rows(model: ir.ModelIR, layout: Layout, rows: dict, which: np.ndarray | None = None,
-               blocks: np.ndarray | None = None, mask: bool = False, constant: bool = True) -> tuple[dict, dict]:
+class _Grid:
+    """Scatters flat row arrays into the ``(blocks, width)`` cells of a panel layout."""
+
+    def __init__(self, layout: Layout, n: int, which, blocks):
+        which = np.arange(n) if which is None else np.asarray(which)
+        f_glob, self.cell = layout.block[which], layout.cell[which]
+        self.blocks = np.unique(f_glob) if blocks is None else blocks
+        self.local = np.searchsorted(self.blocks, f_glob)
+        self.shape = (len(self.blocks), layout.width)
+
+    def __call__(self, a, fill=0) -> np.ndarray:
+        a = np.asarray(a)
+        out = np.full(self.shape + a.shape[1:], fill, a.dtype)
+        out[self.local, self.cell] = a
+        return out
+
+
+_ROW_ARRAYS = ("y", "X", "offset", "trials", "se", "weights")   # gridded as they are
+
+
+def build_rows(model: ir.ModelIR, layout: Layout, rows: Rows, which: np.ndarray | None = None,
+               blocks: np.ndarray | None = None, mask: bool = False, constant: bool = True) -> tuple[Rows, Consts]:
     """The fit arrays (rows, layout constants) for the flat ``rows``; ``which`` (global row ids
     of ``rows``, default all) says which of the planned rows they are, ``blocks`` which block
     rows to build (default: those the rows fall in); ``mask`` adds a mask even when every cell
-    is used (processes' arrays must have the same keys); ``constant=False``: no ``lp0`` (a
+    is used (processes' arrays must have the same fields); ``constant=False``: no ``lp0`` (a
     non-linear parameter's rows). NumPy in, NumPy out."""
-    rows = dict(rows)
     lp0 = row_constant(model, rows) if constant else None
+    n = n_rows(rows)
     if layout.kind == "flat":
-        if lp0 is not None:
-            rows["lp0"] = lp0
-        if mask and "mask" not in rows:
-            rows["mask"] = np.ones(len(rows["y"]), bool)
-        return rows, {}
-    n = len(rows["y"])
-    which = np.arange(n) if which is None else np.asarray(which)
-    f_glob, cell = layout.block[which], layout.cell[which]
-    if blocks is None:
-        blocks = np.unique(f_glob)
-    local = np.searchsorted(blocks, f_glob)
-    shape = (len(blocks), layout.width)
-
-    def grid(a, fill=0):
-        a = np.asarray(a)
-        out = np.full(shape + a.shape[1:], fill, a.dtype)
-        out[local, cell] = a
-        return out
-
-    out: dict = {}
-    for key, a in rows.items():
-        if key in ("idx", "Z", "mask"):
-            continue
-        out[key] = grid(a)
-    out["Z"] = {p: grid(z) for p, z in rows.get("Z", {}).items()}
-    filled = grid(np.asarray(rows["mask"]) if "mask" in rows else np.ones(n, bool), False)
-    if mask or not filled.all():
-        out["mask"] = filled
+        if mask and rows.mask is None:
+            rows = replace(rows, mask=np.ones(n, bool))
+        return (rows if lp0 is None else replace(rows, lp0=lp0)), Consts()
+    grid = _Grid(layout, n, which, blocks)
+    arrays = {k: grid(getattr(rows, k)) for k in _ROW_ARRAYS if getattr(rows, k) is not None}
+    filled = grid(np.asarray(rows.mask) if rows.mask is not None else np.ones(n, bool), False)
     if lp0 is not None:
-        if "mask" in rows:
-            lp0 = np.where(rows["mask"], lp0, 0.0)
-        out["lp0"] = np.bincount(local, weights=lp0, minlength=len(blocks)).astype(np.float32)
-    out["idx"], out["pattern"], consts = {}, {}, {"pattern": {}}
-    for p, codes in rows["idx"].items():
+        if rows.mask is not None:
+            lp0 = np.where(rows.mask, lp0, 0.0)
+        lp0 = np.bincount(grid.local, weights=lp0, minlength=len(grid.blocks)).astype(np.float32)
+    idx, pattern, patterns = {}, {}, {}
+    for p, codes in rows.idx.items():
         plan = layout.plans[p]
         if plan.kind == "row":
-            out["idx"][p] = plan.per_level[blocks]
+            idx[p] = plan.per_level[grid.blocks]
         elif plan.kind == "pattern":
-            consts["pattern"][p] = plan.patterns
+            patterns[p] = plan.patterns
             if len(plan.patterns) > 1:
-                out["pattern"][p] = plan.per_level[blocks]
+                pattern[p] = plan.per_level[grid.blocks]
         else:
-            out["idx"][p] = grid(codes)
-    if not out["pattern"]:
-        del out["pattern"]
-    if not consts["pattern"]:
-        consts = {}
-    return out, consts
+            idx[p] = grid(codes)
+    out = Rows(**arrays, Z={p: grid(z) for p, z in rows.Z.items()},
+               mask=filled if mask or not filled.all() else None, lp0=lp0, idx=idx, pattern=pattern)
+    return out, Consts(pattern=patterns)
 
 
-def pad_rows(rows: dict, multiple: int, length: int | None = None) -> dict:
-    """Pad axis 0 of every row array to ``length`` (default: the next multiple of ``multiple``),
-    padding masked. NumPy in, NumPy out."""
-    n = rows["y"].shape[0]
+def pad_rows(rows, multiple: int, length: int | None = None):
+    """Pad axis 0 of every row array (:class:`Rows` or :class:`NonlinearRows`, a parameter's
+    arrays too) to ``length`` (default: the next multiple of ``multiple``), padding masked.
+    NumPy in, NumPy out."""
+    n = n_rows(rows)
     target = length if length is not None else n + (-n) % multiple
     target += (-target) % multiple
     pad = target - n
     if pad == 0:
         return rows
-    def pad_all(a):     # any depth: a non-linear formula's rows hold each parameter's arrays
-        return {k: pad_all(v) for k, v in a.items()} if isinstance(a, dict) else _pad(a, pad)
-    out = {key: pad_all(a) for key, a in rows.items()}
-    if "mask" not in rows:
-        out["mask"] = _pad(np.ones(rows["y"].shape, bool), pad)
+    out = jax.tree.map(lambda a: _pad(a, pad), rows)
+    if rows.mask is None:
+        out = replace(out, mask=_pad(np.ones(rows.y.shape, bool), pad))
     return out
 
 
@@ -228,54 +225,49 @@ def _pad(a, pad: int) -> np.ndarray:
     a = np.asarray(a)
     return np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
 
-def row_constant(model: ir.ModelIR, rows: dict) -> np.ndarray | None:
+def row_constant(model: ir.ModelIR, rows) -> np.ndarray | None:
     """The data-only part of each row's log density (weighted), or None when the family has none
     (``model``: a linear or a non-linear IR; only its family is read).
 
-    Computed once by the layout (``rows["lp0"]``) instead of at every step."""
+    Computed once by the layout (``rows.lp0``) instead of at every step."""
     fused = FUSED.get((model.family.name, model.family.link))
     if fused is None or fused.const is None:
         return None
-    extra = {k: np.asarray(rows[k], np.float64) for k in ("trials", "se") if k in rows}
-    c = fused.const(np.asarray(rows["y"], np.float64), extra, xp=np)
-    if "weights" in rows:
-        c = c * np.asarray(rows["weights"], np.float64)
+    extra = {k: np.asarray(v, np.float64) for k, v in rows.extra.items()}
+    c = fused.const(np.asarray(rows.y, np.float64), extra, xp=np)
+    if rows.weights is not None:
+        c = c * np.asarray(rows.weights, np.float64)
     return c.astype(np.float32)
 
 
-
-def nonlinear_codes(model, rows: dict) -> dict[str, np.ndarray]:
+def nonlinear_codes(model, rows: NonlinearRows) -> dict[str, np.ndarray]:
     """Every plate's row codes of a non-linear formula's rows (a plate shared by parameters has
     the same codes in each), what :func:`plan_layout` plans from."""
     codes: dict[str, np.ndarray] = {}
-    for sub in rows["params"].values():
-        codes.update(sub.get("idx", {}))
+    for sub in rows.params.values():
+        codes.update(sub.idx)
     return codes
 
 
-def build_nonlinear_rows(model, layout: Layout, rows: dict, mask: bool = False) -> tuple[dict, dict]:
+_RESPONSE = ("y", "trials", "se", "weights", "mask")
+
+
+def build_nonlinear_rows(model, layout: Layout, rows: NonlinearRows, mask: bool = False
+                         ) -> tuple[NonlinearRows, Consts]:
     """:func:`build_rows` for a non-linear formula's rows (``hbm.data.encode_nonlinear``): the
     response arrays, each parameter's arrays, the data leaves and the limits' masks, in ``layout``
     (flat: as given, with ``lp0``; panel: ``(F, T)`` blocks, each plate's plan shared by the
     parameters that use it)."""
-    top = {k: v for k, v in rows.items() if not isinstance(v, dict)}
+    response, consts = build_rows(model, layout, Rows(**{k: getattr(rows, k) for k in _RESPONSE}), mask=mask)
+    top = {k: getattr(response, k) for k in _RESPONSE + ("lp0",)}
     if layout.kind == "flat":
-        out, consts = build_rows(model, layout, top, mask=mask)
-        return {**out, **{k: v for k, v in rows.items() if isinstance(v, dict)}}, consts
-    leaves = {f"data:{k}": v for k, v in rows["data"].items()}
-    leaves.update({f"limits:{k}": v for k, v in rows["limits"].items()})
-    out, consts = build_rows(model, layout, {**top, **leaves, "idx": {}}, mask=mask)
-    out.pop("idx")
-    out.pop("Z")
-    out["data"] = {k: out.pop(f"data:{k}") for k in rows["data"]}
-    out["limits"] = {k: out.pop(f"limits:{k}") for k in rows["limits"]}
-    out["params"] = {}
-    for name, sub in rows["params"].items():
-        built, c = build_rows(model, layout, dict(sub, y=rows["y"]), constant=False)
-        for key in ("y", "mask", "lp0"):
-            built.pop(key, None)
-        out["params"][name] = built
-        for plate, pat in c.get("pattern", {}).items():
-            consts.setdefault("pattern", {})[plate] = pat
-    return out, consts
-
+        return replace(rows, **top), consts
+    grid = _Grid(layout, n_rows(rows), None, None)
+    params, patterns = {}, dict(consts.pattern)
+    for name, sub in rows.params.items():
+        built, c = build_rows(model, layout, replace(sub, y=rows.y), constant=False)
+        params[name] = replace(built, y=None, mask=None, lp0=None)
+        patterns.update(c.pattern)
+    out = NonlinearRows(**top, params=params, data={k: grid(v) for k, v in rows.data.items()},
+                        limits={k: grid(v) for k, v in rows.limits.items()})
+    return out, Consts(pattern=patterns)

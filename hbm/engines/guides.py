@@ -45,6 +45,7 @@ block per value instead.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -264,11 +265,13 @@ class BlockArrowAffine(Transform):
 
 def parent_maps(tree) -> dict[tuple[str, str], object]:
     """``{(child plate, parent plate): parent level of each child level}`` found anywhere in a
-    model's keyword arguments under a ``"parent"`` mapping keyed ``"child>parent"`` (hbm's
-    ``consts["parent"]``, also inside non-linear models' per-parameter constants)."""
+    model's keyword arguments under a ``parent`` mapping keyed ``"child>parent"`` (hbm's
+    ``Consts.parent``, also inside non-linear models' per-parameter constants)."""
     found: dict[tuple[str, str], object] = {}
 
     def walk(x):
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            x = {f.name: getattr(x, f.name) for f in dataclasses.fields(x)}
         if isinstance(x, dict):
             for k, v in x.items():
                 if k == "parent" and isinstance(v, dict):

@@ -10,13 +10,13 @@ same model runs on the flat rows of ``hbm.data.encode`` and on a fit layout.
 - panel: row arrays are ``(F, T)`` blocks, one block row per level of the
   finest plate. A plate's values enter as ``idx`` of shape ``(F,)`` (constant
   along a block row, broadcast: the gradient is a sum over T, not a scatter),
-  as a pattern ``consts["pattern"][plate][rows["pattern"][plate]]`` (block
+  as a pattern ``consts.pattern[plate][rows.pattern[plate]]`` (block
   rows share a few rows of codes, e.g. category-by-period for products of one
   category), or as ``(F, T)`` codes (a plain gather).
 
 Families with a closed form in the linear predictor (Poisson/log,
 Bernoulli/logit, binomial/logit, normal/identity) are evaluated fused, with
-the data-only constant (``-lgamma(y + 1)`` ...) read from ``rows["lp0"]`` when
+the data-only constant (``-lgamma(y + 1)`` ...) read from ``rows.lp0`` when
 the layout precomputed it (summed, already weighted) and computed otherwise.
 Other families use the NumPyro distribution's ``log_prob``.
 
@@ -40,6 +40,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from dataclasses import replace
+
+from hbm.data.arrays import Consts, NonlinearRows, Rows
 from hbm.ir import model as ir
 from hbm.ir.model import plate_effects
 from hbm.ir.nonlinear import NonlinearIR, Param, evaluate
@@ -67,65 +70,65 @@ class Likelihood:
         self.mesh = mesh
 
     # ---- linear predictor
-    def group_values(self, values: jnp.ndarray, plate: str, rows: dict, consts: dict | None) -> jnp.ndarray:
+    def group_values(self, values: jnp.ndarray, plate: str, rows: Rows, consts: Consts | None) -> jnp.ndarray:
         """One group-level column's value at every row, broadcastable to the rows' shape."""
-        pattern = (consts or {}).get("pattern", {})
+        pattern = consts.pattern if consts is not None else {}
         if plate in pattern:
             block = gather(values, pattern[plate])              # (G, T): the distinct block rows
-            if plate in rows.get("pattern", {}):
-                return gather(block, rows["pattern"][plate])    # (F, T)
+            if plate in rows.pattern:
+                return gather(block, rows.pattern[plate])       # (F, T)
             return block                                        # (1, T): one pattern for all
-        codes = rows["idx"][plate]
+        codes = rows.idx[plate]
         g = gather(values, codes)
-        if codes.ndim < rows["y"].ndim:                         # a code per block row
+        if codes.ndim < rows.y.ndim:                            # a code per block row
             g = g[..., None]
         return g
 
-    def eta(self, params: dict, rows: dict, consts: dict | None = None) -> jnp.ndarray:
+    def eta(self, params: dict, rows: Rows, consts: Consts | None = None) -> jnp.ndarray:
         """The linear predictor of every row (the rows' shape)."""
-        shape = rows["y"].shape
+        shape = rows.y.shape
         eta = jnp.zeros(shape, jnp.float32)
         if params["intercept"] is not None:
             eta = eta + params["intercept"]
         if params["b"] is not None:
-            eta = eta + rows["X"] @ params["b"]
-        if "offset" in rows:
-            eta = eta + rows["offset"]
+            eta = eta + rows.X @ params["b"]
+        if rows.offset is not None:
+            eta = eta + rows.offset
         for plate, table in params["tables"].items():
             k = self.n_intercepts[plate]
             for j in range(table.shape[1]):
                 v = self.group_values(table[:, j], plate, rows, consts)
-                eta = eta + (v if j < k else v * rows["Z"][plate][..., j - k])
+                eta = eta + (v if j < k else v * rows.Z[plate][..., j - k])
         return eta
 
     # ---- log density
-    def rowwise(self, params: dict, rows: dict, consts: dict | None = None) -> jnp.ndarray:
-        """Log-likelihood of every row (weighted, padded rows zero), without ``rows["lp0"]``
+    def rowwise(self, params: dict, rows, consts: Consts | None = None) -> jnp.ndarray:
+        """Log-likelihood of every row (weighted, padded rows zero), without ``rows.lp0``
         when the layout precomputed the constant part."""
         eta = self.eta(params, rows, consts)
-        extra = {k: rows[k] for k in ("trials", "se") if k in rows}
-        y = rows["y"]
+        extra = rows.extra
+        y = rows.y
         if self.fused is not None:
             ll = self.fused.logp(eta, y, params["aux"], extra)
-            if self.fused.const is not None and "lp0" not in rows:
+            if self.fused.const is not None and rows.lp0 is None:
                 ll = ll + self.fused.const(y, extra)
         else:
             ll = self.family.make(eta, self.link, params["aux"], extra).log_prob(y)
-        if "weights" in rows:
-            ll = ll * rows["weights"]
-        if "mask" in rows:
-            ll = jnp.where(rows["mask"], ll, 0.0)
+        if rows.weights is not None:
+            ll = ll * rows.weights
+        if rows.mask is not None:
+            ll = jnp.where(rows.mask, ll, 0.0)
         return ll
 
-    def local_total(self, params: dict, rows: dict, consts: dict | None = None) -> jnp.ndarray:
+    def local_total(self, params: dict, rows, consts: Consts | None = None) -> jnp.ndarray:
         s = jnp.sum(self.rowwise(params, rows, consts))
-        if "lp0" in rows and self.fused is not None and self.fused.const is not None:
-            s = s + jnp.sum(rows["lp0"])
+        if rows.lp0 is not None and self.fused is not None and self.fused.const is not None:
+            s = s + jnp.sum(rows.lp0)
         return s
 
-    def total(self, params: dict, rows: dict, scale=None, consts: dict | None = None) -> jnp.ndarray:
+    def total(self, params: dict, rows, scale=None, consts: Consts | None = None) -> jnp.ndarray:
         """The summed log-likelihood (times ``scale`` for minibatches)."""
-        consts = {"pattern": consts["pattern"]} if consts and "pattern" in consts else {}
+        consts = Consts(pattern=consts.pattern if consts is not None else {})   # what the rows read
         if self.mesh is None:
             s = self.local_total(params, rows, consts)
         else:
@@ -145,9 +148,7 @@ class NonlinearLikelihood(Likelihood):
     parameters' values; everything after ``eta`` is :class:`Likelihood`'s.
 
     ``params``: ``{"direct": {name: value}, "params": {name: a Likelihood params dict of its
-    formula}, "aux": family parameters}``; ``rows``: ``y`` (and ``trials``, ``se``, ``weights``,
-    ``mask``, ``lp0``), ``rows["params"][name]`` each parameter's row arrays, ``rows["data"]`` the
-    data leaves and ``rows["limits"]`` one row mask per limit (``hbm.data.encode_nonlinear``)."""
+    formula}, "aux": family parameters}``; ``rows``: :class:`hbm.data.arrays.NonlinearRows`."""
 
     def __init__(self, model: NonlinearIR, mesh=None, fused: bool = True):
         self._family(model, mesh, fused)
@@ -155,7 +156,7 @@ class NonlinearLikelihood(Likelihood):
         self.subs = {p.name: Likelihood(p.model, plate_effects(p.model), fused=False)
                      for p in model.params if not p.direct}
 
-    def values(self, params: dict, rows: dict, consts: dict | None = None) -> dict:
+    def values(self, params: dict, rows: NonlinearRows, consts: Consts | None = None) -> dict:
         """Each parameter's value at every row (shape ``(1,)`` where it is one for all rows)."""
         out = {}
         one = jnp.zeros((1,), jnp.float32)
@@ -163,21 +164,21 @@ class NonlinearLikelihood(Likelihood):
             if p.direct:
                 out[p.name] = params["direct"][p.name]
                 continue
-            sub = dict(rows["params"][p.name], y=rows["y"] if p.per_row else one)
+            sub = replace(rows.params[p.name], y=rows.y if p.per_row else one)
             out[p.name] = BOUNDS[p.bound](self.subs[p.name].eta(params["params"][p.name], sub, consts))
         return out
 
-    def eta(self, params: dict, rows: dict, consts: dict | None = None) -> jnp.ndarray:
+    def eta(self, params: dict, rows: NonlinearRows, consts: Consts | None = None) -> jnp.ndarray:
         """The expression at every row, its limits where data leaves are infinite."""
         return expression(self.model, self.values(params, rows, consts), rows)
 
 
-def expression(model: NonlinearIR, values: dict, rows: dict):
+def expression(model: NonlinearIR, values: dict, rows: NonlinearRows):
     """The expression of every row (on the link scale) from the parameters' ``values``, its limits
     where data leaves are infinite."""
     def leaf(e):
-        return values[e.name] if isinstance(e, Param) else rows["data"][e.text]
+        return values[e.name] if isinstance(e, Param) else rows.data[e.text]
     out = evaluate(model.expr, JAX_OPS, leaf)
     for lim in model.limits:
-        out = jnp.where(rows["limits"][lim.key], evaluate(lim.expr, JAX_OPS, leaf), out)
+        out = jnp.where(rows.limits[lim.key], evaluate(lim.expr, JAX_OPS, leaf), out)
     return out

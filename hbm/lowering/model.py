@@ -81,7 +81,7 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
     def population(consts) -> dict[str, jnp.ndarray]:
         """The population coefficients: through the whitened block (``hbm.lowering.whiten``) when the
         compiler built one, else each from its prior."""
-        white = (consts or {}).get("whiten")
+        white = consts.whiten if consts is not None else None
         values = {}
         if white is not None and members:
             w = numpyro.sample(WHITE_SITE, WhitenedPrior(runs, white["B_inv"], white["c"], white["log_det"]))
@@ -111,7 +111,7 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
                 intercept = v
             else:
                 b_parts.append(jnp.atleast_1d(v))
-        shears = {sh.intercept: sh for p, sh in plan.items() if p in (consts or {}).get("shear", {})}
+        shears = {sh.intercept: sh for p, sh in plan.items() if consts is not None and p in consts.shear}
 
         def deviation(kind, site, top):
             return values[site] - (values[top] if top else 0.0) if kind == "chain" else values[site][:, 0]
@@ -122,7 +122,7 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
             if sh is None:
                 return numpyro.sample(site, dist.Normal(loc, sd))
             devs = jnp.stack([deviation(kind, s, tops.get(s)) for kind, s, _ in sh.slopes], -1)
-            shift = jnp.sum(consts["shear"][plate] * devs, -1)
+            shift = jnp.sum(consts.shear[plate] * devs, -1)
             if model.noncentered and site not in model.centred:
                 a = loc + sd * numpyro.sample(site + "~", dist.Normal(shift / sd, 1.0)) - shift
             else:
@@ -134,7 +134,7 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
             for k in reversed(range(len(c.plates))):
                 plate = c.plates[k]
                 if k + 1 < len(c.plates):
-                    loc = loc[consts["parent"][f"{plate}>{c.plates[k + 1]}"]]
+                    loc = loc[consts.parent[f"{plate}>{c.plates[k + 1]}"]]
                 sd = sample_param(c.sd_name(k), c.sd_priors[k], "positive")
                 with numpyro.plate(plate, sizes[plate]):
                     loc = draw(c.site(plate), plate, loc, sd) if k == 0 else \
@@ -163,7 +163,7 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
         if mode == "simulate":
             eta = lik.eta(params, rows)
             with numpyro.plate("obs", eta.shape[0]):
-                numpyro.sample("y", family.make(eta, model.family.link, aux, _extra(rows)))
+                numpyro.sample("y", family.make(eta, model.family.link, aux, rows.extra))
         elif mode == "fit":
             numpyro.factor("loglik", lik.total(params, rows, scale, consts))
         elif mode == "eta":
@@ -184,6 +184,3 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
 def _blocks(model: ir.ModelIR) -> set[str]:
     return {b.site for b in model.groups}
 
-
-def _extra(rows) -> dict:
-    return {k: rows[k] for k in ("trials", "se") if k in rows}

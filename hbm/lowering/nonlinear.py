@@ -19,7 +19,7 @@ from hbm.ir.nonlinear import NonlinearIR
 # ---------------------------------------------------------------------- lower
 def make_nonlinear_model(model: NonlinearIR, mesh=None) -> Callable:
     """The NumPyro model of a non-linear IR; its modes are those of :func:`hbm.lowering.model.make_model`
-    (``"fit"`` and ``"eta"`` return the expression, on the link scale), plus ``mode="params"``, which returns each
+    (``"eta"`` returns the expression, on the link scale), plus ``mode="params"``, which returns each
     parameter's per-row values (curves, predictions). ``mesh`` shards the likelihood over its
     ``data`` axis (``shard_map``)."""
     subs = {p.name: make_model(p.model) for p in model.params if not p.direct}
@@ -33,8 +33,7 @@ def make_nonlinear_model(model: NonlinearIR, mesh=None) -> Callable:
                 t = p.model.population[0]
                 params["direct"][p.name] = jnp.reshape(sample_param(t.name, t.prior, p.bound), (1,))
             else:
-                params["params"][p.name] = subs[p.name](rows["params"][p.name], consts["params"][p.name],
-                                                        mode="params")
+                params["params"][p.name] = subs[p.name](rows.params[p.name], consts.params[p.name], mode="params")
         params["aux"] = {fp.name: sample_param(fp.name, fp.prior, "positive") for fp in model.family.params}
         if mode == "latent":
             return None
@@ -42,11 +41,11 @@ def make_nonlinear_model(model: NonlinearIR, mesh=None) -> Callable:
             return lik.values(params, rows)
         if mode == "simulate":
             eta = lik.eta(params, rows)
-            extra = {k: rows[k] for k in ("trials", "se") if k in rows}
-            with numpyro.plate("obs", rows["y"].shape[0]):
-                numpyro.sample("y", family.make(eta, model.family.link, params["aux"], extra))
+            with numpyro.plate("obs", rows.y.shape[0]):
+                numpyro.sample("y", family.make(eta, model.family.link, params["aux"], rows.extra))
             return eta
         if mode == "fit":
             numpyro.factor("loglik", lik.total(params, rows, scale, consts))
-        return lik.eta(params, rows)   # "fit" and "eta": the expression (unused values cost nothing under jit)
+            return None
+        return lik.eta(params, rows, consts)   # "eta": the expression
     return model_fn

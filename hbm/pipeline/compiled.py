@@ -4,8 +4,9 @@
     model.ir                          # the inspectable intermediate form
     model.numpyro_model(**model.data) # plain NumPyro
 
-``model.rows`` are the per-row arrays of ``hbm.data.encode`` in the data's order (NumPy, on the
-host, when the fit layout differs from them);
+``model.rows`` are the per-row arrays of ``hbm.data.encode`` in the data's order
+(:class:`hbm.data.arrays.Rows`, or ``NonlinearRows``; NumPy, on the host, when the fit layout
+differs from them), ``model.consts`` the model's constants (:class:`hbm.data.arrays.Consts`);
 ``model.data`` are what the engines fit: the same rows in the fit layout
 (``hbm.data.layout``), placed on the devices (``hbm.data.devices``), or a stream of
 minibatches (``hbm.data.batching``).
@@ -16,12 +17,14 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from hbm.frontend import ast as A
 from hbm.ir import model as ir_mod
 from hbm.lowering.centring import centred_sites
-from hbm.data.devices import data_mesh, place, resolve_devices
+from hbm.data.arrays import Consts, NonlinearRows, Rows, n_rows
+from hbm.data.devices import data_mesh, place, place_consts, resolve_devices
 from hbm.data.encode import Encoding, encode
 from hbm.data.layout import Layout, build_nonlinear_rows, build_rows, layout_choice, nonlinear_codes, plan_layout
 from hbm.lowering.model import make_model
@@ -46,16 +49,24 @@ class CompiledModel:
     formula: A.Formula
     ir: ir_mod.ModelIR
     encoding: Encoding
-    rows: dict
-    consts: dict
+    rows: Rows | NonlinearRows
+    consts: Consts
     numpyro_model: Callable
     n_rows: int
     n_devices: int
     fingerprint: str
-    fit_rows: dict | None = None       # the rows as fitted (layout, devices); None: ``rows``
-    fit_consts: dict | None = None
+    fit_rows: Rows | NonlinearRows | None = None   # the rows as fitted (layout, devices); None: ``rows``
+    fit_consts: Consts | None = None
     layout: Layout | None = None
     batches: object = None             # hbm.data.batching.BatchStream when ``batch_size`` is set
+    observed_y: object = None          # every row's response in the data's order, where ``rows`` hold a share
+                                       # of them (several processes: hbm.pipeline.distributed)
+
+    @property
+    def response(self):
+        """Every row's response, in the data's order (NumPy)."""
+        y = self.rows.y if self.observed_y is None else self.observed_y
+        return np.asarray(y)[: self.n_rows]
 
     @property
     def data(self) -> dict:
@@ -98,13 +109,13 @@ def compile_table(spec: Spec, df: pd.DataFrame, *, devices=None, noncentered=Non
     model_fn = make_model(model_ir, mesh)
     if spec.batch_size:
         return batched_model(spec, formula, model_ir, enc, rows, consts, model_fn, mesh, fingerprint(df))
-    plan = plan_layout(model_ir, rows["idx"], len(df), layout)
-    fit_rows, fit_consts = place(*build_rows(model_ir, plan, rows), mesh)
-    fit_consts = {**place({}, consts, mesh)[1], **fit_consts}
+    plan = plan_layout(model_ir, rows.idx, len(df), layout)
+    built, lay_consts = build_rows(model_ir, plan, rows)
+    fit_rows, fit_consts = place(built, replace(consts, pattern=lay_consts.pattern), mesh)
     if plan.kind == "flat" and mesh is None:
         rows, consts = fit_rows, fit_consts
     else:   # the per-row arrays stay on the host: a device holds only the rows it fits
-        consts = place({}, consts, None)[1]
+        consts = place_consts(consts, None)
     return CompiledModel(spec, formula, model_ir, enc, rows, consts, model_fn, len(df), n_dev, fingerprint(df),
                          fit_rows, fit_consts, plan)
 
@@ -114,12 +125,10 @@ def with_centring(model_ir, info):
     return replace(model_ir, centred=centred_sites(model_ir, info))
 
 
-def with_whitening(consts: dict, model_ir, info) -> dict:
+def with_whitening(consts: Consts, model_ir, info) -> Consts:
     """``consts`` with the population block's whitening and the group-level shears
     (``hbm.lowering.whiten``), where the model has them."""
-    white = population_whitening(model_ir, info)
-    shear = shear_means(model_ir, info)
-    return {**consts, **({"whiten": white} if white is not None else {}), **({"shear": shear} if shear else {})}
+    return replace(consts, whiten=population_whitening(model_ir, info), shear=shear_means(model_ir, info) or {})
 
 
 def fingerprint(df: pd.DataFrame) -> str:
@@ -162,10 +171,11 @@ def nonlinear_compiled(spec, formula, model, enc, rows, consts, model_fn, mesh, 
     stay this process's flat host arrays, as a linear formula's do."""
     plan = plan or Layout("flat", n)
     fit_rows, lay_consts = build_nonlinear_rows(model, plan, rows, mask=local_length is not None)
-    fit_rows, fit_consts = place(fit_rows, {**consts, **lay_consts}, mesh, local_length=local_length)
+    fit_rows, fit_consts = place(fit_rows, replace(consts, pattern=lay_consts.pattern), mesh,
+                                 local_length=local_length)
     n_dev = 1 if mesh is None else mesh.devices.size
     if local_length is not None or plan.kind != "flat":
-        return CompiledModel(spec, formula, model, enc, rows, place({}, consts, None)[1], model_fn, n, n_dev, fp,
+        return CompiledModel(spec, formula, model, enc, rows, place_consts(consts, None), model_fn, n, n_dev, fp,
                              fit_rows, fit_consts, plan)
     return CompiledModel(spec, formula, model, enc, fit_rows, fit_consts, model_fn, n, n_dev, fp,
                          layout=plan)
@@ -176,9 +186,10 @@ def batched_model(spec, formula, model_ir, enc, rows, consts, model_fn, mesh, fi
 
     if spec.inference.engine != "auto":   # the engine's own declaration (hbm.engines.base.Engine)
         check_minibatches(spec.inference.engine)
-    n = int(rows["y"].shape[0])
-    host_rows, _ = build_rows(model_ir, Layout("flat", n), rows)
-    stream = BatchStream(host_rows, place({}, consts, mesh)[1], spec.batch_size,
+    n = n_rows(rows)
+    build = build_nonlinear_rows if isinstance(rows, NonlinearRows) else build_rows
+    host_rows, _ = build(model_ir, Layout("flat", n), rows)
+    stream = BatchStream(host_rows, place_consts(consts, mesh), spec.batch_size,
                          seed=int(spec.inference.seed), mesh=mesh)
     n_dev = 1 if mesh is None else mesh.devices.size
     return CompiledModel(spec, formula, model_ir, enc, rows, consts, batched(model_fn), n, n_dev,

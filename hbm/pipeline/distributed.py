@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,7 @@ from hbm.errors import HbmError
 from hbm.data.table import TableInfo
 from hbm.pipeline.compiled import CompiledModel, nonlinear_compiled, with_centring, with_whitening
 from hbm.data.devices import data_mesh, place, resolve_devices
+from hbm.data.arrays import Consts
 from hbm.data.encode import encode, encode_consts
 from hbm.data.layout import build_rows, plan_layout
 from hbm.lowering.model import make_model
@@ -167,7 +169,7 @@ def compile_file(spec, path: str | Path, layout: str | None = None):
     consts = with_whitening(encode_consts(model_ir, whole), model_ir, whole)
 
     n = len(whole.df)
-    codes = {p: whole.levels(model_ir.plate(p).columns)[0] for p in rows["idx"]}
+    codes = {p: whole.levels(model_ir.plate(p).columns)[0] for p in rows.idx}
     plan = plan_layout(model_ir, codes, n, layout)
     which = np.arange(first[me], first[me] + counts[me])
     if plan.kind == "panel":
@@ -179,7 +181,7 @@ def compile_file(spec, path: str | Path, layout: str | None = None):
         fit_rows, lay_consts = build_rows(model_ir, plan, rows, mask=True)
     n_dev = resolve_devices(spec.devices)
     mesh = data_mesh(n_dev)
-    fit_rows, fit_consts = place(fit_rows, {**consts, **lay_consts}, mesh, local_length=length)
+    fit_rows, fit_consts = place(fit_rows, replace(consts, pattern=lay_consts.pattern), mesh, local_length=length)
     model = CompiledModel(spec, formula, model_ir, enc, rows, consts, make_model(model_ir, mesh), n, n_dev,
                           fingerprint(pf), fit_rows, fit_consts, plan)
     model.observed_y = whole.numeric(_var(model_ir.response.column)).astype(np.float32)
@@ -201,7 +203,7 @@ def compile_nonlinear_file(spec, pf):
     counts = [int(np.sum([group_rows[g] for g in s])) for s in share]
     info = SharedLevels(pf.read_row_groups(share[me]).to_pandas(), formula.source, whole)
     rows, _, enc = encode_nonlinear(model, info)
-    consts = {"params": {p.name: encode_consts(p.model, whole) for p in model.params}}
+    consts = Consts(params={p.name: encode_consts(p.model, whole) for p in model.params})
     mesh = data_mesh(resolve_devices(spec.devices))
     out = nonlinear_compiled(spec, formula, model, enc, rows, consts, make_nonlinear_model(model, mesh), mesh,
                              len(whole.df), fingerprint(pf), local_length=max(counts))

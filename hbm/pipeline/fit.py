@@ -52,7 +52,7 @@ class FitResult:
 
     def to_arviz(self):
         """ArviZ InferenceData with named dims and the data's own level labels."""
-        observed = {"y": np.asarray(self.model.rows["y"])[: self.model.n_rows]}
+        observed = {"y": self.model.response}
         return to_inference_data(self.outputs, self.engine.sample_stats or None, self.engine.loss,
                                  observed, {"formula": self.model.ir.formula, "engine": self.config.engine})
 
@@ -66,6 +66,7 @@ class FitResult:
             "family": self.model.ir.family.name,
             "link": self.model.ir.family.link,
             "engine": self.config.engine,
+            "engine_kind": self.kind,          # sampler | variational | optimizer (the engine's declaration)
             "seed": self.config.seed,
             "timings": {**self.engine.timings, **self.timings},
             "devices": {"count": self.model.n_devices, "platform": jax.default_backend(),

@@ -244,10 +244,10 @@ def parent_maps(model) -> dict[str, np.ndarray]:
     """The chains' parent maps of a CompiledModel (each parameter's, for a non-linear formula)."""
     if isinstance(model.ir, NonlinearIR):
         out = {}
-        for c in model.consts["params"].values():
-            out.update({k: np.asarray(v) for k, v in (c.get("parent") or {}).items()})
+        for c in model.consts.params.values():
+            out.update({k: np.asarray(v) for k, v in c.parent.items()})
         return out
-    return {k: np.asarray(v) for k, v in (model.consts.get("parent") or {}).items()}
+    return {k: np.asarray(v) for k, v in model.consts.parent.items()}
 
 
 def encoding_to_dict(enc: Encoding, parents: dict | None = None) -> dict:

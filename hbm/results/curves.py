@@ -30,9 +30,9 @@ def curve_setup(model) -> tuple[object, str, str] | None:
     """(the data leaf, the plate to draw by, its parameter) when ``model`` (a CompiledModel) has
     curves to draw, else None."""
     nl = model.ir
-    if not isinstance(nl, NonlinearIR) or len(nl.leaves) != 1 or "params" not in model.rows:
-        return None     # (a distributed run keeps only the response: no curves)
-    owners = {plate: p.name for p in nl.params for plate in model.rows["params"][p.name].get("idx", {})}
+    if not isinstance(nl, NonlinearIR) or len(nl.leaves) != 1 or model.observed_y is not None:
+        return None     # (a distributed run's rows are this process's share: no curves)
+    owners = {plate: p.name for p in nl.params for plate in model.rows.params[p.name].idx}
     if not owners:
         return None
     by = max(owners, key=lambda plate: (nl.plate(plate).size, plate))
@@ -61,7 +61,7 @@ def curve_draws(result, by: str | None = None, levels=None, n: int = 6, draws: i
     leaf, default_by, owner = setup
     nl = model.ir
     if by is not None:
-        owner = next((p.name for p in nl.params if by in model.rows["params"][p.name].get("idx", {})), None)
+        owner = next((p.name for p in nl.params if by in model.rows.params[p.name].idx), None)
         if owner is None:
             raise HbmError(f"'{by}' is not a grouping factor of a parameter's formula", where="curves")
     by = by or default_by
@@ -72,12 +72,12 @@ def curve_draws(result, by: str | None = None, levels=None, n: int = 6, draws: i
     if missing:
         raise HbmError(f"'{missing[0]}' is not a level of '{by}'", where="curves")
     rows, n_rows = model.rows, model.n_rows
-    codes = np.asarray(rows["params"][owner]["idx"][by])[:n_rows]
-    x_all = np.asarray(rows["data"][leaf.text])[:n_rows]
-    y_all = np.asarray(rows["y"])[:n_rows]
+    codes = np.asarray(rows.params[owner].idx[by])[:n_rows]
+    x_all = np.asarray(rows.data[leaf.text])[:n_rows]
+    y_all = np.asarray(rows.y)[:n_rows]
     limit = np.zeros(n_rows, bool)
     for lim in nl.limits:
-        limit |= np.asarray(rows["limits"][lim.key])[:n_rows]
+        limit |= np.asarray(rows.limits[lim.key])[:n_rows]
 
     flat = {k: np.asarray(v).reshape((-1,) + np.shape(v)[2:]) for k, v in result.engine.samples.items()}
     total = next(iter(flat.values())).shape[0]
@@ -90,7 +90,7 @@ def curve_draws(result, by: str | None = None, levels=None, n: int = 6, draws: i
     xs = np.linspace(lo, hi, grid)
     for level in levels:
         sel = np.flatnonzero(codes == labels.index(level))
-        sub = jax.tree.map(lambda a: a[sel] if np.ndim(a) and a.shape[0] == rows["y"].shape[0] else a, rows)
+        sub = jax.tree.map(lambda a: a[sel] if np.ndim(a) and a.shape[0] == rows.y.shape[0] else a, rows)
 
         def values(sample):
             fn = handlers.substitute(handlers.seed(model.numpyro_model, 0), data=sample)
