@@ -37,7 +37,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     try:
         if kind == "parquet":
             import pyarrow.parquet as pq
-            nested = _nested_types(pq.read_schema(p))
+            schema = pq.read_schema(p)
+            check_unique_columns(schema.names, str(p))
+            nested = _nested_types(schema)
             df = pd.read_parquet(p)
         elif kind == "csv":
             _check_csv_header(p)
@@ -46,6 +48,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         else:
             import pyarrow.feather as feather
             table = feather.read_table(p)
+            check_unique_columns(table.schema.names, str(p))
             nested = _nested_types(table.schema)
             df = table.to_pandas()
     except HbmError:

@@ -68,7 +68,7 @@ DECLARED = {   # the inference.options of map and laplace (their engines declare
     "group_effects": Option("choice", "integrate (default) or joint", GROUP_EFFECTS),
     "max_group_effects": Option("int", f"the most group-level values integrated out (default {MAX_GROUP_EFFECTS})"),
     "conditional": Option("choice", "how laplace draws the group effects given theta", CONDITIONALS),
-    "max_latent": Option("int", "laplace's joint mode: the most latent values (default 20000)", minimum=1),
+    "max_latent": Option("int", "laplace's joint mode: the most latent values (default 20000)"),
     "block": Option("int", "the joint mode's steps per compiled block", minimum=1),
 }
 OPTIONS = tuple(DECLARED)
