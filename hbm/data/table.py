@@ -64,8 +64,16 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 def _nested_types(schema) -> dict[str, str]:
     """Arrow type names of the columns that hold structs, lists or maps."""
+    return {f.name: str(f.type) for f in schema if _is_nested(f.type)}
+
+
+def _is_nested(arrow_type) -> bool:
     import pyarrow as pa
-    return {f.name: str(f.type) for f in schema if pa.types.is_nested(f.type)}
+    return pa.types.is_nested(arrow_type)
+
+
+_FLAT_HINT = ("a formula uses flat columns: unpack the field you need into a column of its own "
+              "(pyarrow's Table.flatten, pandas' json_normalize) before fitting")
 
 
 def _check_csv_header(path: Path) -> None:
@@ -157,6 +165,10 @@ class TableInfo:
 
     def _check_flat(self, name: str, s: pd.Series) -> None:
         """A column of structs, lists or maps (Parquet, Arrow) is neither numbers nor labels."""
+        arrow = getattr(s.dtype, "pyarrow_dtype", None)   # a pandas ArrowDtype column
+        if arrow is not None and _is_nested(arrow):
+            raise HbmError(f"column '{name}' holds values of type {arrow}, not numbers or labels",
+                           where=f"column '{name}'", hint=_FLAT_HINT)
         if s.dtype != object:
             return
         first = s.dropna().iloc[:1]
@@ -164,9 +176,7 @@ class TableInfo:
         if name in types or (len(first) and isinstance(first.iloc[0], (dict, list, tuple, set, np.ndarray))):
             kind = types.get(name) or type(first.iloc[0]).__name__.replace("ndarray", "list").replace("dict", "struct")
             raise HbmError(f"column '{name}' holds values of type {kind}, not numbers or labels",
-                           where=f"column '{name}'",
-                           hint="a formula uses flat columns: unpack the field you need into a column of its "
-                                "own (pyarrow's Table.flatten, pandas' json_normalize) before fitting")
+                           where=f"column '{name}'", hint=_FLAT_HINT)
 
     def is_categorical(self, name: str) -> bool:
         """Whether a column used as a predictor is text (a factor); dates and times are refused."""
