@@ -20,6 +20,7 @@ from hbm.frontend.parse import Fn, parse_call
 from hbm.frontend.priors import Fixed, Prior, _fmt, parse_prior
 from hbm.vocabulary.families import FAMILIES, FAMILY_ALIASES
 from hbm.vocabulary.functions import BOUND_SPECS
+from hbm.vocabulary.limits import MAX_SPEC_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, check_regular_file
 from hbm.vocabulary.names import CORRECTIONS, DEFAULT_GUIDE, GUIDES, LOSSES
 
 MAX_STEPS = 10_000_000
@@ -119,7 +120,7 @@ class Spec:
                 probs.add(f"--set needs key=value, got {item!r}", hint="e.g. --set inference.steps=100")
                 continue
             try:
-                value = yaml.safe_load(text)
+                value = yaml.load(text, Loader=_Loader)   # the spec's limits (a value is small)
             except yaml.YAMLError:
                 value = text
             head, _, rest = key.partition(".")
@@ -149,8 +150,43 @@ def prior_for(spec: Spec, name: str) -> Prior | Fixed | None:
 
 
 # ---------------------------------------------------------------- reading
+class _TooLarge(yaml.MarkedYAMLError):
+    """A spec beyond hbm/vocabulary/limits.py's YAML limits, found while composing it."""
+
+
 class _Loader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping."""
+    """yaml.SafeLoader that refuses a key given twice in one mapping, collections nested more than
+    MAX_YAML_DEPTH deep (PyYAML composes recursively), and documents of more than MAX_YAML_NODES values
+    counting every use of an alias in full (an alias bomb is small as nodes, huge once walked)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}   # id(node) -> its values, aliases expanded
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        nested = isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent))
+        self._depth += nested
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _TooLarge(None, None, f"mappings and lists are nested more than {MAX_YAML_DEPTH} deep",
+                                event.start_mark, f"a spec may nest at most {MAX_YAML_DEPTH} levels; "
+                                "no setting needs more")
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= nested
+        if id(node) not in self._sizes:   # an alias's node is counted once composed, then reused
+            kids = node.value if isinstance(node, yaml.SequenceNode) else \
+                [x for kv in node.value for x in kv] if isinstance(node, yaml.MappingNode) else ()
+            size = 1 + sum(self._sizes[id(k)] for k in kids)
+            if size > MAX_YAML_NODES:
+                raise _TooLarge(None, None, f"the spec holds more than {MAX_YAML_NODES:,} values once its "
+                                "aliases (*name) are expanded", event.start_mark,
+                                "each alias *name repeats everything under its anchor &name: aliases of "
+                                "aliases multiply; write the values out, or use fewer aliases")
+            self._sizes[id(node)] = size
+        return node
 
 
 def _unique_mapping(loader: _Loader, node, deep: bool = False):
@@ -187,6 +223,10 @@ def _read(source: str | os.PathLike) -> tuple[str, Path | None]:
                        hint=f"did you mean '{path.parent / best}'?" if best else None)
     if path.is_dir():
         raise HbmError(f"spec path is a directory, not a YAML file: {path}", where=str(path))
+    check_regular_file(path, "spec")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise HbmError(f"spec file {path} is {path.stat().st_size:,} bytes; a spec is at most "
+                       f"{MAX_SPEC_BYTES:,}", where=str(path), hint="is this the data file? give data as DATA")
     try:
         return path.read_text(encoding="utf-8"), path
     except (OSError, UnicodeDecodeError) as e:
@@ -194,8 +234,14 @@ def _read(source: str | os.PathLike) -> tuple[str, Path | None]:
 
 
 def _parse_yaml(text: str, label: str) -> Any:
+    if len(text) > MAX_SPEC_BYTES:
+        raise HbmError(f"the spec is {len(text):,} characters; a spec is at most {MAX_SPEC_BYTES:,}", where=label)
     try:
         return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only, never objects
+    except _TooLarge as e:
+        m = e.problem_mark
+        raise HbmError(f"the spec is too large: {e.problem} (line {m.line + 1}, column {m.column + 1})",
+                       where=label, hint=e.note) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)

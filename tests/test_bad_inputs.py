@@ -10,6 +10,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from hbm import cli
 ROOT = Path(__file__).resolve().parent.parent
 CASES = Path(__file__).resolve().parent / "bad_inputs"
 SHARED = CASES / "_shared" / "data.csv"
+REFUSED_WITHIN_S = 10   # issue #12: no bad input runs longer than this before it is refused (a subprocess case
+                        # includes starting Python and importing hbm)
 
 
 def _cases():
@@ -57,6 +60,7 @@ def test_bad_input(name, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)   # a default run directory (runs/...) would land here, never in the repo
     src = _materialise(case, tmp_path)
     argv = _argv(src, tmp_path)
+    t0 = time.perf_counter()
     if (case / "subprocess").exists():
         env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
         r = subprocess.run([sys.executable, "-m", "hbm.cli", *argv], capture_output=True, text=True,
@@ -69,7 +73,9 @@ def test_bad_input(name, tmp_path, capsys, monkeypatch):
             code = e.code
         out = capsys.readouterr()
         err = out.out + out.err
+    seconds = time.perf_counter() - t0
     assert code == 2, f"exit {code}, expected 2:\n{err}"
+    assert seconds < REFUSED_WITHIN_S, f"refused after {seconds:.1f} s (the target is {REFUSED_WITHIN_S} s)"
     assert "Traceback" not in err and "internal error" not in err, err
     for fragment in (case / "expect.txt").read_text().splitlines():
         if fragment.strip():

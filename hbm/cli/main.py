@@ -146,11 +146,13 @@ def cmd_check(args) -> int:
 
 
 def _check_inference(spec) -> None:
-    """The engine and optimizer named in the spec exist (found now, not after compiling)."""
+    """The engine, its options and the optimizer named in the spec exist (found now, not after compiling)."""
     from hbm.engines.optim import build_optimizer
     from hbm.engines.registry import get_engine
+    from hbm.pipeline.fit import with_checked_options
     if spec.inference.engine != "auto":
         get_engine(spec.inference.engine)
+    with_checked_options(spec.inference)
     build_optimizer(spec.inference.optimizer_fn)
 
 

@@ -6,6 +6,10 @@ grouping columns happen here once, before any model exists.
 from __future__ import annotations
 
 import copy
+import csv
+import datetime
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ import pandas as pd
 from hbm.frontend import ast as A
 from hbm.errors import HbmError, did_you_mean
 from hbm.vocabulary.functions import OPS
+from hbm.vocabulary.limits import check_regular_file
 
 READERS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".arrow": "ipc",
            ".feather": "ipc", ".ipc": "ipc"}
@@ -28,18 +33,64 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if kind is None:
         raise HbmError(f"cannot tell the format of data file {p}",
                        hint="use a .parquet, .csv or .arrow/.feather file", where="data")
+    check_regular_file(p, "data")   # a FIFO would hang the reader, /dev/zero never ends
     try:
         if kind == "parquet":
+            import pyarrow.parquet as pq
+            schema = pq.read_schema(p)
+            check_unique_columns(schema.names, str(p))
+            nested = _nested_types(schema)
             df = pd.read_parquet(p)
         elif kind == "csv":
+            _check_csv_header(p)
+            nested = {}
             df = pd.read_csv(p)
         else:
             import pyarrow.feather as feather
-            df = feather.read_table(p).to_pandas()
+            table = feather.read_table(p)
+            check_unique_columns(table.schema.names, str(p))
+            nested = _nested_types(table.schema)
+            df = table.to_pandas()
+    except HbmError:
+        raise
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad file, said plainly
         raise HbmError(f"could not read {p} as {kind}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
                        where="data") from None
+    check_unique_columns([str(c) for c in df.columns], str(p))
+    if nested:
+        df.attrs["nested_types"] = nested   # the file's own type names, for TableInfo's message
     return df
+
+
+def _nested_types(schema) -> dict[str, str]:
+    """Arrow type names of the columns that hold structs, lists or maps."""
+    return {f.name: str(f.type) for f in schema if _is_nested(f.type)}
+
+
+def _is_nested(arrow_type) -> bool:
+    import pyarrow as pa
+    return pa.types.is_nested(arrow_type)
+
+
+_FLAT_HINT = ("a formula uses flat columns: unpack the field you need into a column of its own "
+              "(pyarrow's Table.flatten, pandas' json_normalize) before fitting")
+
+
+def _check_csv_header(path: Path) -> None:
+    """A CSV header that names a column twice: pandas would rename the second to ``x.1`` silently."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader(f), [])
+    check_unique_columns([h.strip() for h in header], str(path))
+
+
+def check_unique_columns(names: list[str], where: str) -> None:
+    """An HbmError naming the columns that appear more than once in ``names``."""
+    dups = [n for n, k in Counter(names).items() if k > 1]
+    if dups:
+        shown = ", ".join(f"'{n}' ({Counter(names)[n]} times)" for n in dups[:5])
+        raise HbmError(f"the data names {'a column' if len(dups) == 1 else 'columns'} more than once: {shown}",
+                       where=f"data {where}", hint="rename or drop the repeated columns: a formula names "
+                                                 "each column once, so which one it means is unclear")
 
 
 def as_dataframe(table) -> pd.DataFrame:
@@ -71,6 +122,7 @@ class TableInfo:
     def __init__(self, df: pd.DataFrame, formula: str = "", stats: dict | None = None):
         if len(df) == 0:
             raise HbmError("the data has no rows", where="data")
+        check_unique_columns([str(c) for c in df.columns], "table")
         self.df = df
         self.formula = formula
         self.n = len(df)
@@ -101,6 +153,7 @@ class TableInfo:
         if name not in self.df.columns:
             raise self._missing(name, span)
         s = self.df[name]
+        self._check_flat(name, s)
         bad = s.isna().to_numpy()
         if bad.any():
             rows = np.flatnonzero(bad)
@@ -110,12 +163,52 @@ class TableInfo:
                            hint="drop or fill those rows before fitting")
         return s
 
+    def _check_flat(self, name: str, s: pd.Series) -> None:
+        """A column of structs, lists or maps (Parquet, Arrow) is neither numbers nor labels."""
+        arrow = getattr(s.dtype, "pyarrow_dtype", None)   # a pandas ArrowDtype column
+        if arrow is not None and _is_nested(arrow):
+            raise HbmError(f"column '{name}' holds values of type {arrow}, not numbers or labels",
+                           where=f"column '{name}'", hint=_FLAT_HINT)
+        if s.dtype != object:
+            return
+        first = s.dropna().iloc[:1]
+        types = getattr(self.df, "attrs", {}).get("nested_types", {})
+        if name in types or (len(first) and isinstance(first.iloc[0], (dict, list, tuple, set, np.ndarray))):
+            kind = types.get(name) or type(first.iloc[0]).__name__.replace("ndarray", "list").replace("dict", "struct")
+            raise HbmError(f"column '{name}' holds values of type {kind}, not numbers or labels",
+                           where=f"column '{name}'", hint=_FLAT_HINT)
+
     def is_categorical(self, name: str) -> bool:
+        """Whether a column used as a predictor is text (a factor); dates and times are refused."""
         s = self.df[name]
         if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
             return False
+        self._check_not_dates(name, s)
         self._check_mostly_numbers(name, s)
         return True
+
+    def _check_not_dates(self, name: str, s: pd.Series) -> None:
+        """Dates and times (a datetime column, or ISO dates as text) are not a predictor as they are:
+        as numbers their unit is arbitrary (nanoseconds), as a factor every date is a level."""
+        dtype = s.dtype
+        if pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype) \
+                or isinstance(dtype, pd.PeriodDtype):
+            kind = str(dtype)
+        else:
+            sample = s.dropna().iloc[:100]
+            if not len(sample):
+                return
+            values = sample.tolist()
+            if all(isinstance(v, (datetime.date, datetime.time, datetime.timedelta)) for v in values):
+                kind = type(values[0]).__name__
+            elif all(isinstance(v, str) and _ISO_DATE.match(v.strip()) for v in values):
+                kind = "dates written as text"
+            else:
+                return
+        raise HbmError(f"column '{name}' holds dates or times ({kind}); a formula cannot use them as a "
+                       "predictor as they are", where=f"column '{name}'",
+                       hint=f"convert '{name}' to a number first (e.g. days since the first date), or use it "
+                            f"as categories: factor({name}) or a group term (1 | {name})")
 
     def _check_mostly_numbers(self, name: str, s: pd.Series) -> None:
         """A column of numbers with a few stray strings ("abc", "n/a") is a data error, not a factor."""
@@ -213,6 +306,9 @@ class TableInfo:
         raise HbmError(f"{expr.func}() of '{expr.arg}' is undefined: {what}", span=expr.span,
                        source=self.formula or None, where="formula",
                        hint="filter those rows, or transform the column differently")
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?")
 
 
 def _label(v) -> str:

@@ -13,6 +13,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from hbm.errors import HbmError, did_you_mean
+
 Progress = Callable[[int, int, "float | None"], None]
 """``progress(step, total, loss)``, called once per block of steps."""
 
@@ -80,16 +82,82 @@ class Engine(Protocol):
     - ``minibatches``: fits on minibatches (``batch_size``) from ``FitProblem.batches``.
     - ``checkpoints``: ``fit`` takes ``checkpoint=`` (an ``hbm.io.checkpoint.Checkpointer``);
       ``hbm.fit`` passes one only to such an engine.
+    - ``options``: the ``inference.options`` it reads, name -> :class:`Option`; ``hbm check`` and
+      ``hbm.fit`` refuse any other name (with the nearest one) and a value of the wrong type
+      (:func:`check_options`), and the engine is given the values converted. None (the default):
+      any options, passed as written.
     """
 
     name: str
     kind: str = "variational"
     minibatches: bool = False
     checkpoints: bool = False
+    options: "dict[str, Option] | None" = None
 
     def fit(self, problem: FitProblem, config: Any, progress: Progress | None = None) -> EngineResult:
         """Fit ``problem`` as ``config`` (an ``hbm.spec.InferenceSpec``) says."""
         ...
+
+
+@dataclass(frozen=True)
+class Option:
+    """One entry of an engine's ``options`` declaration: ``kind`` "int" (at least ``minimum``),
+    "bool" (true/false) or "choice" (one of ``choices``), and what it does, in words."""
+
+    kind: str
+    help: str = ""
+    choices: tuple[str, ...] = ()
+    minimum: int = 0
+
+    def convert(self, value: Any) -> Any:
+        """``value`` as this option's type; ValueError (saying what was expected) if it is not one."""
+        if self.kind == "bool":
+            if isinstance(value, (bool, np.bool_)):
+                return bool(value)
+            if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+                return value.strip().lower() == "true"
+            raise ValueError("true or false")
+        if self.kind == "choice":
+            key = value.strip().lower() if isinstance(value, str) else value
+            if key not in self.choices:
+                raise ValueError(f"one of {', '.join(self.choices)}")
+            return key
+        what = f"a whole number >= {self.minimum}"
+        if isinstance(value, bool):
+            raise ValueError(what)
+        try:
+            x = float(value.strip()) if isinstance(value, str) else float(value)
+        except (TypeError, ValueError):
+            raise ValueError(what) from None
+        if not (np.isfinite(x) and x.is_integer() and x >= self.minimum):
+            raise ValueError(what)
+        return int(x)
+
+
+def check_options(options: dict, declared: "dict[str, Option] | None", engine: str,
+                  also: "dict[str, Option] | None" = None) -> dict:
+    """``options`` converted by the engine's ``declared`` options (and ``also``: options of the other
+    engines ``engine: auto`` may pick, accepted and converted but not the engine's own); an HbmError
+    naming an unknown option with the nearest declared name, or a value of the wrong type. An engine
+    that declares none takes any options as written."""
+    if declared is None:
+        return dict(options)
+    known = {**(also or {}), **declared}
+    out = {}
+    for key, value in options.items():
+        opt = known.get(key)
+        if opt is None:
+            dym = did_you_mean(str(key), known)
+            raise HbmError(f"unknown option '{key}' for engine {engine}", where=f"inference.options.{key}",
+                           hint=(f"{dym} " if dym else "") + f"{engine}'s options: "
+                           + (", ".join(sorted(known)) or "none"))
+        try:
+            out[key] = opt.convert(value)
+        except ValueError as e:
+            shown = "null" if value is None else repr(value)
+            raise HbmError(f"options.{key} must be {e}, got {shown}", where=f"inference.options.{key}",
+                           hint=f"{key}: {opt.help}" if opt.help else None) from None
+    return out
 
 
 @dataclass(frozen=True)
@@ -99,14 +167,19 @@ class Capabilities:
     kind: str = "variational"
     minibatches: bool = False
     checkpoints: bool = False
+    options: "dict[str, Option] | None" = None
 
 
 def capabilities(engine: Any) -> Capabilities:
-    """``engine``'s declared kind, minibatches and checkpoints (the defaults where it declares
+    """``engine``'s declared kind, minibatches, checkpoints and options (the defaults where it declares
     none); a :class:`ValueError` naming the attribute when a declaration is not one of them."""
     out = Capabilities(kind=getattr(engine, "kind", Capabilities.kind),
                        minibatches=getattr(engine, "minibatches", Capabilities.minibatches),
-                       checkpoints=getattr(engine, "checkpoints", Capabilities.checkpoints))
+                       checkpoints=getattr(engine, "checkpoints", Capabilities.checkpoints),
+                       options=getattr(engine, "options", Capabilities.options))
+    if out.options is not None and not (isinstance(out.options, dict) and all(
+            isinstance(k, str) and isinstance(v, Option) for k, v in out.options.items())):
+        raise ValueError(f"options must be a dict of names to hbm.engines.base.Option, not {out.options!r}")
     if out.kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {out.kind!r}")
     for flag in ("minibatches", "checkpoints"):

@@ -25,7 +25,7 @@ import numpy as np
 from hbm.errors import HbmError
 from hbm.engines.base import EngineResult, FitProblem, Progress
 from hbm.engines.svi import guide_draws, run_svi
-from hbm.engines.marginal import read_options, run_marginal, split_sites
+from hbm.engines.marginal import DECLARED, read_options, run_marginal, split_sites
 
 MAX_LATENT = 20000
 
@@ -37,6 +37,7 @@ class LaplaceEngine:
     kind = "variational"    # draws from a Gaussian approximation of the posterior
     minibatches = False
     checkpoints = False
+    options = DECLARED
 
     def fit(self, problem: FitProblem, config: Any, progress: Progress | None = None) -> EngineResult:
         import jax

@@ -22,7 +22,7 @@ from typing import Any
 
 from hbm.engines.base import EngineResult, FitProblem, Progress
 from hbm.engines.svi import guide_draws, guide_factory, run_svi
-from hbm.engines.marginal import read_options, run_marginal, split_sites
+from hbm.engines.marginal import DECLARED, read_options, run_marginal, split_sites
 
 
 class MAPEngine:
@@ -32,6 +32,7 @@ class MAPEngine:
     kind = "optimizer"
     minibatches = True      # the joint mode (no group-level effects, or group_effects: joint) only
     checkpoints = False
+    options = DECLARED
 
     def fit(self, problem: FitProblem, config: Any, progress: Progress | None = None) -> EngineResult:
         from numpyro.infer import Trace_ELBO

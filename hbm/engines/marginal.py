@@ -52,18 +52,26 @@ from typing import Any, Callable
 import numpy as np
 
 from hbm.errors import HbmError, did_you_mean
-from hbm.engines.base import EngineResult, FitProblem, Progress, compile_once, split_kwargs
+from hbm.engines.base import EngineResult, FitProblem, Option, Progress, compile_once, split_kwargs
 
 # Measured roughly on a shared 2-core CPU, y ~ x + (1 | g) with 10 rows a group: one evaluation of
 # the objective and its gradient (2 Hessians in u, the log det's gradient) takes ~0.7 s with 250
 # group values, ~2-4 s with 1000, ~6 s with 2000 and 20-30 s with 4000 (memory under 1.5 GB);
 # an optimisation takes 20-50 evaluations, laplace 2 more per coordinate of theta.
 MAX_GROUP_EFFECTS = 2000
-OPTIONS = ("objective", "jacobian", "group_effects", "max_group_effects", "conditional",
-           "max_latent", "block")
 OBJECTIVES = ("posterior", "likelihood")
 GROUP_EFFECTS = ("integrate", "joint")
 CONDITIONALS = ("auto", "exact", "linear")
+DECLARED = {   # the inference.options of map and laplace (their engines declare these)
+    "objective": Option("choice", "posterior (default) or likelihood (the priors of theta left out)", OBJECTIVES),
+    "jacobian": Option("bool", "the mode in unconstrained space (default: laplace true, map false)"),
+    "group_effects": Option("choice", "integrate (default) or joint", GROUP_EFFECTS),
+    "max_group_effects": Option("int", f"the most group-level values integrated out (default {MAX_GROUP_EFFECTS})"),
+    "conditional": Option("choice", "how laplace draws the group effects given theta", CONDITIONALS),
+    "max_latent": Option("int", "laplace's joint mode: the most latent values (default 20000)"),
+    "block": Option("int", "the joint mode's steps per compiled block", minimum=1),
+}
+OPTIONS = tuple(DECLARED)
 EXACT_WORK = 2**28            # draws x group values x data size up to which conditional: auto re-solves
 _NEWTON_ITERS = 100
 _NEWTON_TOL = 1e-10           # Newton decrement g' A^-1 g (log-density units) counted as converged

@@ -17,9 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from hbm.engines.base import (EngineResult, FitProblem, Progress, compile_once, hbm_init, latent_site_names,
-                              split_kwargs)
+from hbm.engines.base import (EngineResult, FitProblem, Option, Progress, compile_once, hbm_init,
+                              latent_site_names, split_kwargs)
 
+OPTIONS = {
+    "dense_mass": Option("bool", "a dense mass matrix (default: diagonal)"),
+    "regularize_mass": Option("bool", "Stan's regularisation of the adapted mass matrix toward 1e-3 (default: off)"),
+    "retry": Option("bool", "run an untrustworthy fit again with more draws (default: true; hbm.pipeline.fit)"),
+}
 EXTRA_FIELDS = {"diverging": "diverging", "accept_prob": "accept_prob", "num_steps": "num_steps",
                 "energy": "energy", "adapt_state.step_size": "step_size"}
 
@@ -38,6 +43,7 @@ class NUTSEngine:
     kind = "sampler"
     minibatches = False
     checkpoints = True
+    options = OPTIONS
 
     def fit(self, problem: FitProblem, config: Any, progress: Progress | None = None,
             checkpoint: Any = None) -> EngineResult:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from typing import Any, Callable
 
 from hbm.errors import HbmError, did_you_mean
@@ -23,6 +24,17 @@ from hbm.frontend.parse import Fn, parse_call
 _NOT_OPTIMIZERS = {"lbfgs", "scale_by_learning_rate", "scale_by_rprop"}
 # in optax.schedules but not a schedule written as a call of numbers
 _NOT_SCHEDULES = {"inject_hyperparams", "inject_stateful_hyperparams"}
+# the range of an optimizer's numeric arguments, by name (any other number must be finite)
+_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "learning_rate": ("a positive number", lambda v: v > 0),
+    "b1": ("at least 0 and below 1", lambda v: 0 <= v < 1),
+    "b2": ("at least 0 and below 1", lambda v: 0 <= v < 1),
+    "momentum": ("at least 0 and below 1", lambda v: 0 <= v < 1),
+    "decay": ("at least 0 and below 1", lambda v: 0 <= v < 1),
+    "eps": ("at least 0", lambda v: v >= 0),
+    "eps_root": ("at least 0", lambda v: v >= 0),
+    "weight_decay": ("at least 0", lambda v: v >= 0),
+}
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,11 +130,25 @@ def _call(f: Callable, name: str, args: list, kw: dict, where: str):
                        hint=hint or f"{name}{_short_sig(sig)}") from None
     for k, v in list(bound.arguments.items()):
         bound.arguments[k] = _coerce(v, sig.parameters[k].annotation)
+        _check_range(name, k, bound.arguments[k], where, f"{name}{_short_sig(sig)}")
     try:
         return f(*bound.args, **bound.kwargs)
     except (TypeError, ValueError) as e:
         raise HbmError(f"bad arguments to {name}(): {e}", where=where,
                        hint=f"{name}{_short_sig(sig)}") from None
+
+
+def _check_range(fn: str, key: str, v: Any, where: str, signature: str) -> None:
+    """A numeric argument out of its range (``_RANGES``) or not finite: an HbmError before optax runs
+    with it (``adam(lr=-1)`` would climb the loss to 1e20 and report it as a finished fit)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return
+    what, ok = _RANGES.get(key, ("a finite number", lambda x: True))
+    if not math.isfinite(v) or not ok(v):
+        shown = "lr" if key == "learning_rate" else key
+        raise HbmError(f"{fn}(): {shown} must be {what}, got {v:g}", where=where,
+                       hint=f"the learning rate is the size of a step, e.g. {fn}(lr=0.01)"
+                       if key == "learning_rate" else signature)
 
 
 def _coerce(v: Any, annotation: Any) -> Any:

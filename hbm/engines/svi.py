@@ -53,7 +53,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hbm.errors import HbmError, did_you_mean
-from hbm.engines.base import EngineResult, FitProblem, Progress, compile_once, hbm_init, split_kwargs, to_numpy
+from hbm.engines.base import EngineResult, FitProblem, Option, Progress, compile_once, hbm_init, split_kwargs, to_numpy
 from hbm.engines.guides import guide_factory
 from hbm.engines.optim import build_optimizer
 from hbm.engines.base import latent_names
@@ -61,6 +61,12 @@ from hbm.engines.importance import guide_draws_weighted
 from hbm.vocabulary.names import LOSSES
 
 MOVE_TOL = 0.05     # the stopping rule's largest movement of an estimate per block, in posterior sds
+OPTIONS = {         # inference.options read by run_svi (svi, and map's joint mode)
+    "block": Option("int", "steps per compiled block, the stopping rule's window (default steps // 20 "
+                    "within [50, 500])", minimum=1),
+    "stop": Option("choice", "movement: the loss and the estimates must settle (the default); loss: the "
+                   "loss alone", ("movement", "loss")),
+}
 
 
 def movement(before, after) -> float | None:
@@ -364,6 +370,7 @@ class SVIEngine:
     kind = "variational"
     minibatches = True
     checkpoints = True
+    options = OPTIONS
 
     def fit(self, problem: FitProblem, config: Any, progress: Progress | None = None,
             checkpoint: Any = None) -> EngineResult:

@@ -20,6 +20,7 @@ from hbm.frontend import nl_ast as N
 from hbm.errors import HbmError, Span, did_you_mean
 from hbm.vocabulary.families import INVERSE_LINKS
 from hbm.vocabulary.functions import FORMULA_FUNCTIONS
+from hbm.vocabulary.limits import MAX_FORMULA_CHARS, MAX_NESTING, MAX_TERMS
 
 GRAMMAR_PATH = Path(__file__).resolve().parent / "formula.lark"   # package data (pyproject.toml)
 
@@ -254,8 +255,55 @@ _TOKEN_WORDS = {
 }
 
 
+def check_size(text: str, where: str = "formula", operators: bool = True) -> None:
+    """Refuse text that would exhaust the parser's recursion (hbm/vocabulary/limits.py), before lark sees
+    it: more than MAX_FORMULA_CHARS characters, parentheses or brackets nested more than MAX_NESTING
+    deep (a caret under the first one too deep), or, with ``operators``, more than MAX_TERMS operators
+    (a sum nests one level per term). Text inside string literals is not counted."""
+    depth, ops, quoted, prev = 0, 0, False, ""
+    for i, ch in enumerate(text[:MAX_FORMULA_CHARS + 1]):   # bounded work, whatever the length
+        if quoted:
+            quoted = ch != '"' or prev == "\\"
+        elif ch == '"':
+            quoted = True
+        elif ch in "([":
+            depth += 1
+            if depth > MAX_NESTING:
+                source, span = _excerpt(text, i)
+                raise HbmError(f"the {where} nests parentheses more than {MAX_NESTING} deep", span=span,
+                               source=source, where=where,
+                               hint=f"hbm accepts at most {MAX_NESTING} levels of parentheses; "
+                                    "remove the redundant ones")
+        elif ch in ")]":
+            depth = max(0, depth - 1)
+        elif operators and ch in "+-*/:|^," and not (ch == "|" and prev == "|"):
+            ops += 1
+            if ops > MAX_TERMS:
+                total = sum(text.count(c) for c in "+-*/:^,") + text.count("|") - text.count("||")
+                source, span = _excerpt(text, i)
+                raise HbmError(f"the {where} has {total:,} operators (+ - * / : | ^); at most {MAX_TERMS} "
+                               "are allowed", span=span, source=source, where=where,
+                               hint=f"a formula may have at most {MAX_TERMS + 1} terms; a factor or a group "
+                                    "term such as (1 | g) stands for many columns")
+        prev = ch
+    if len(text) > MAX_FORMULA_CHARS:
+        raise HbmError(f"the {where} is {len(text):,} characters long; at most {MAX_FORMULA_CHARS:,} are allowed",
+                       where=where, hint="no model needs a formula this long: write fewer terms, or use a "
+                                         "factor or a group term such as (1 | g) for many columns")
+
+
+def _excerpt(text: str, pos: int, width: int = 60) -> tuple[str, Span]:
+    """``text`` around ``pos`` (at most ``width`` characters either side, elided with '...'), and the
+    span of ``pos`` in it: a caret line that fits on a screen."""
+    lo, hi = max(0, pos - width), min(len(text), pos + width)
+    head, tail = ("..." if lo else ""), ("..." if hi < len(text) else "")
+    line = text[lo:hi].replace("\n", " ")
+    return head + line + tail, Span(pos - lo + len(head), pos - lo + len(head) + 1)
+
+
 def _parse(text: str, start: str):
     where = "value" if start == "call_expr" else "formula"
+    check_size(text, where, operators=start != "call_expr")
     try:
         return _parser().parse(text, start=start)
     except lark.exceptions.UnexpectedCharacters as e:

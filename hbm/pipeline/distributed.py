@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from hbm.errors import HbmError
+from hbm.vocabulary.limits import check_regular_file
 from hbm.data.table import TableInfo
 from hbm.pipeline.compiled import CompiledModel, nonlinear_compiled, with_centring, with_whitening
 from hbm.data.devices import data_mesh, place, resolve_devices
@@ -150,6 +151,7 @@ def compile_file(spec, path: str | Path, layout: str | None = None):
                        where="data", hint="convert it: pandas.read_csv(...).to_parquet('data.parquet')")
     if not path.exists():
         raise HbmError(f"data file not found: {path}", where="data")
+    check_regular_file(path, "data")
     pf = pq.ParquetFile(path)
     if spec.params:
         return compile_nonlinear_file(spec, pf)

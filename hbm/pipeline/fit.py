@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from hbm.pipeline.compiled import CompiledModel
-from hbm.engines.base import EngineResult, FitProblem, capabilities
+from hbm.engines.base import EngineResult, FitProblem, capabilities, check_options
 from hbm.engines.registry import check_minibatches, get_engine
 from hbm.errors import HbmError
 from hbm.results.outputs import build_outputs, site_draws
@@ -120,6 +120,7 @@ def fit(model: CompiledModel, engine: str | None = None, progress: Callable | No
             config = dataclasses.replace(config, target_accept=AUTO_TARGET_ACCEPT)
     eng = get_engine(config.engine)
     caps = capabilities(eng)
+    config = with_checked_options(config, chosen is not None)
     if model.batches is not None:
         check_minibatches(config.engine)
     kwargs = {}
@@ -201,6 +202,27 @@ def sampler_retry(fitted: FitResult, round_: int = 1) -> tuple | None:
     changes.update(warmup=config.warmup * (RETRY_LENGTH if round_ == 1 else 1),
                    samples=config.samples * RETRY_LENGTH)
     return dataclasses.replace(config, **changes), "; ".join(why)
+
+
+AUTO_ENGINES = ("nuts", "svi")   # what choose_engine picks from
+
+
+def with_checked_options(config, auto: bool = False):
+    """``config`` with its ``options`` checked against the engine's declaration and converted
+    (:func:`hbm.engines.base.check_options`); ``engine: auto`` (or ``auto``: the engine was chosen by
+    it) accepts the options of every engine it may pick, so a spec need not know which it gets."""
+    names = AUTO_ENGINES if config.engine == "auto" else (config.engine,)
+    declared = [capabilities(get_engine(n)).options for n in names]
+    also = {} if auto or config.engine == "auto" else None
+    if also is not None:
+        for n in AUTO_ENGINES:
+            also.update(capabilities(get_engine(n)).options or {})
+    if any(d is None for d in declared):
+        return config
+    own = {k: v for d in declared for k, v in d.items()}
+    label = "auto (nuts or svi)" if config.engine == "auto" else config.engine
+    options = check_options(dict(config.options or ()), own, label, also=also)
+    return dataclasses.replace(config, options=tuple(sorted(options.items())))
 
 
 def choose_engine(model: CompiledModel) -> tuple[str, str]:

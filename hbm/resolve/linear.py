@@ -19,6 +19,7 @@ from hbm.vocabulary.families import FAMILIES, check_response, infer_family
 from hbm.frontend.priors import Fixed, Prior, check_fixed, to_distribution
 from hbm.data.encode import column_values
 from hbm.data.table import TableInfo
+from hbm.vocabulary.limits import MANY_LEVELS, MAX_DESIGN_BYTES, MAX_EXPANDED_TERMS
 
 Component = A.Var | A.Call
 Term = tuple[Component, ...]          # () is the intercept
@@ -51,6 +52,7 @@ class _Resolver:
         self.src = formula.source or str(formula)
         self.info = info
         self.problems = ProblemList()
+        self.design_columns = 0   # dense design columns so far (population and group terms), for MAX_DESIGN_BYTES
 
     def err(self, msg: str, node=None, hint: str | None = None) -> HbmError:
         return HbmError(msg, span=getattr(node, "span", None), source=self.src, where="formula", hint=hint)
@@ -164,6 +166,11 @@ class _Resolver:
             return self.expand(e.body)
         if isinstance(e, A.BinOp) and e.op in ":*":
             left, right = self.expand(e.left), self.expand(e.right)
+            count = len(left) * len(right) + (len(left) + len(right) if e.op == "*" else 0)
+            if count > MAX_EXPANDED_TERMS:
+                raise self.err(f"this product expands to {count:,} terms; at most {MAX_EXPANDED_TERMS:,} are "
+                               "allowed", e, hint="a*b*c*... has a term for every subset of its factors: "
+                                                  "write the interactions you mean with ':'")
             inter = [_merge(a, b) for a in left for b in right]
             out = (left + right + inter) if e.op == "*" else inter
             return list(dict.fromkeys(out))
@@ -201,12 +208,34 @@ class _Resolver:
             if not keep:
                 raise self.err(f"'{c}' has a single level; it cannot be a predictor", c)
             options.append([(ir.Level(str(c), col, lev), lev) for lev in keep])
+        self.reserve(term, options)
         cols, labels = [], []
         for combo in _product(options):
             parts = tuple(p for p, _ in combo)
             cols.append(ir.DesignColumn(":".join(str(p) for p in parts), parts))
             labels.append(":".join(lab for _, lab in combo if lab))
         return tuple(cols), (tuple(labels) if has_factor else ())
+
+    def reserve(self, term: Term, options: list[list]) -> None:
+        """Count a term's design columns; refuse a dense design (rows x columns x 4 bytes, float32)
+        above MAX_DESIGN_BYTES before any column is built (a factor of 100,000 levels would be 40 GB)."""
+        width = math.prod(len(o) for o in options)
+        self.design_columns += width
+        size = self.info.n * self.design_columns * 4
+        if size <= MAX_DESIGN_BYTES:
+            return
+        many = [c for c, o in zip(term, options) if len(o) > MANY_LEVELS]
+        hint = "use fewer or smaller factors, or a sample of the rows"
+        if many:
+            c = many[0]
+            col = self.categorical(c)
+            k = len(self.info.levels((col,))[1])
+            hint = (f"'{c}' has {k:,} levels, a column for each: a varying intercept (1 | {col}) pools them "
+                    "instead, with one value per level and no design column")
+        spans = [c.span for c in term if c.span is not None]
+        raise HbmError(f"the design matrix would take {size:,} bytes ({self.info.n:,} rows x "
+                       f"{self.design_columns:,} columns x 4 bytes), more than the limit of {MAX_DESIGN_BYTES:,}",
+                       span=spans[0] + spans[-1] if spans else None, source=self.src, where="formula", hint=hint)
 
     def sd_x(self, cols: tuple[ir.DesignColumn, ...]) -> float:
         sds = [float(np.std(column_values(c, self.info))) for c in cols if not c.is_intercept]
@@ -264,6 +293,14 @@ class _Resolver:
         name = term_name(term)
         column = ir.INTERCEPT if not term else self.columns(term, [term], True)[0][0]
         chain_plates = [self.plate(gf, plates) for gf in node.group.factors]
+        single = [p for p in chain_plates if p.size < 2]
+        if single:
+            kept = [str(f) for f, p in zip(node.group.factors, chain_plates) if p.size >= 2]
+            top = "top " if single[0] is chain_plates[-1] else ""
+            raise self.err(f"the chain's {top}grouping '{single[0].name}' has a single level: there is nothing "
+                           "to pool over", node.group,
+                           hint=f"drop it from the chain: '{node.term} | {'/'.join(kept)}'" if kept else
+                           f"drop the chain: '{node.term}' alone is a population coefficient")
         for inner, outer, gf in zip(chain_plates, chain_plates[1:], node.group.factors[1:]):
             self.check_nested(inner, outer, node)
             if (inner.name, outer.name) not in nestings:
