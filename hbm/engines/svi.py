@@ -37,7 +37,10 @@ guide parameters, NumPy) and the loss history as ``err.loss``.
 Checkpoints (``checkpoint=``, an :class:`hbm.io.checkpoint.Checkpointer`): the SVI
 state and the loop's state are saved between pieces of a block, as often as
 ``inference.checkpoint_every`` / ``checkpoint_seconds`` say, at the end, and at a
-non-finite loss (the last good state); a fit given a checkpoint that holds a state
+non-finite loss (the last good state); a state with a non-finite value anywhere (the
+optimiser's moments included) is never saved, so a resumed fit can always go on (at a
+non-finite loss the piece's first state is saved instead, or the last checkpoint
+stands); a fit given a checkpoint that holds a state
 continues from it and ends where the uninterrupted fit ends (same updates, same keys).
 
 Timings: ``init_s`` (compiling and running the initialisation), ``compile_s``
@@ -247,11 +250,13 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
                 good = start if k <= 0 else step_block(start, dyn, np.int32(k))[0]
                 full = np.concatenate(history)
                 where = None
-                if checkpoint is not None:
-                    good_step = done + max(k, 0)
-                    checkpoint.save_svi(good, good_step, full, loop_state(
-                        non_finite_step=done + len(losses)))
-                    where = str(checkpoint.dir)
+                if checkpoint is not None:   # the last state with finite values throughout, if any
+                    loop = loop_state(non_finite_step=done + len(losses))
+                    if checkpoint.save_svi(good, done + max(k, 0), full, loop) or (
+                            k > 0 and checkpoint.save_svi(start, done, full, loop)):
+                        where = str(checkpoint.dir)
+                    elif checkpoint.saves or checkpoint.resumed_from is not None:
+                        where = str(checkpoint.dir)     # an earlier checkpoint stands
                 _raise_non_finite(done + len(losses), good, full, in_trace, where)
             done += n
             if done < block_end and checkpoint is not None and checkpoint.due(done):
