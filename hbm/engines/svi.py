@@ -187,6 +187,8 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
             return jnp.zeros((3, 0))
         return jnp.concatenate([jnp.reshape(v, (3, -1)) for v in q.values()], axis=1)
 
+    # a damaged checkpoint is said before anything is compiled
+    saved = checkpoint.load_svi() if checkpoint is not None else None
     t0 = time.perf_counter()
     key = jax.random.PRNGKey(int(config.seed))
     state = compile_once(init, key, dyn, fast=True)(key, dyn)
@@ -200,7 +202,6 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     # the guide's estimates, block by block, for the stopping rule (a point estimate has no width)
     watch = getattr(config, "guide", None) != "delta" and options.get("stop", "movement") != "loss"
     quantiles, block_sum, prev_summary, moved, worst_move = None, None, None, None, None
-    saved = checkpoint.load_svi() if checkpoint is not None else None
     if saved is not None:
         state = checkpoint.restore(saved, state)
         history, done = [saved.loss], saved.step
@@ -218,7 +219,8 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
                 jax.tree_util.tree_structure(like),
                 [jnp.asarray(np.asarray(x), l.dtype) for x, l in zip(loop["block_sum"], jax.tree_util.tree_leaves(like))])
     first = done   # the step this run starts from (a resumed fit starts where it stopped)
-    step_block = compile_once(block, state, dyn, np.int32(size))
+    # compiled only when there are steps to run (not for a resumed fit that had finished them)
+    step_block = compile_once(block, state, dyn, np.int32(size)) if not finished and done < steps else None
     compile_s = time.perf_counter() - t0
 
     def loop_state(**kw):

@@ -337,8 +337,15 @@ def start_partial(run_dir: Path, spec_dict: dict, overwrite: bool = False) -> Pa
                            hint=f"continue it with `hbm fit --resume {run_dir}`, or pass --overwrite "
                                 "to start again")
         shutil.rmtree(part)
-    part.mkdir(parents=True)
-    atomic_write(part / SPEC_FILE, yaml.safe_dump(_plain(spec_dict), sort_keys=False, allow_unicode=True))
+    try:
+        part.mkdir(parents=True)
+    except OSError as e:
+        raise os_error(e, "cannot create the checkpoint directory", part) from None
+    try:
+        atomic_write(part / SPEC_FILE, yaml.safe_dump(_plain(spec_dict), sort_keys=False, allow_unicode=True))
+    except BaseException:       # a directory without its spec could not be resumed: leave none
+        shutil.rmtree(part, ignore_errors=True)
+        raise
     return part
 
 
