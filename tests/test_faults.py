@@ -202,6 +202,26 @@ def test_too_little_free_space_is_said_before_writing(base, monkeypatch, capsys)
     shutil.rmtree(partial_dir(base.earlier))
 
 
+@pytest.mark.parametrize("command", ["simulate", "predict"])
+def test_a_full_disk_while_a_table_is_written(base, command, tmp_path, monkeypatch, capsys):
+    """``simulate --out`` and ``predict --out``: exit 2 naming the file; no file, no temporary sibling."""
+    real = pd.DataFrame.to_csv
+
+    def filling(df, path=None, *a, **kw):
+        real(df, path, *a, **kw)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+        raise _no_space()
+    monkeypatch.setattr(pd.DataFrame, "to_csv", filling)
+    out = tmp_path / "table.csv"
+    argv = (["simulate", base.spec, "--rows", "20", "--out", str(out)] if command == "simulate" else
+            ["predict", str(base.earlier), base.data, "--out", str(out)])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot write {out}: {NO_SPACE}" in err and f"the disk holding {tmp_path} is full" in err
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.fixture
 def read_only(base, tmp_path, monkeypatch):
     """A directory holding a copy of the earlier run, that refuses writes: mode 0o555, and where that

@@ -511,7 +511,7 @@ def cmd_predict(args) -> int:
         if out.suffix.lower() not in (".parquet", ".pq", ".csv"):
             raise HbmError(f"cannot tell which format to write from '{out.name}'", where="--out",
                            hint="name the output .parquet or .csv")
-        check_writable(out)
+        check_writable(out, parent_exists=True)
     pred = Predictor.from_run(args.run_dir)
     df = read_table(_data_arg(args))
     res = pred.predict(df, what=args.what, seed=args.seed, draws=args.draws)
@@ -555,7 +555,7 @@ def cmd_simulate(args) -> int:
     out = Path(args.out)
     if out.exists():
         raise HbmError(f"{out} exists; simulate never overwrites a file", where="--out")
-    check_writable(out)
+    check_writable(out, parent_exists=True)
     df = simulate_table(spec, rows=args.rows, seed=args.seed)
     suffix = out.suffix.lower()
     if suffix == ".csv":

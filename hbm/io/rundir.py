@@ -99,15 +99,19 @@ def _existing_ancestor(p: Path) -> Path:
     return q
 
 
-def check_writable(path: Path | str, where: str = "--out") -> None:
+def check_writable(path: Path | str, where: str = "--out", parent_exists: bool = False) -> None:
     """That ``path`` (a file or directory to be created) can be: the nearest existing directory
-    above it is a directory and takes a new file (probed: permissions alone say nothing for root,
-    a read-only mount or /proc). Raises :class:`HbmError` naming the path and what to do."""
+    above it (its parent, with ``parent_exists``) is a directory and takes a new file (probed:
+    permissions alone say nothing for root, a read-only mount or /proc). Raises :class:`HbmError`
+    naming the path and what to do."""
     path = Path(path)
     base = _existing_ancestor(path.parent)
     if not base.is_dir():
         raise HbmError(f"cannot write {path}: {base} is a file, not a directory", where=where,
                        hint="choose a path whose parent is a directory")
+    if parent_exists and base != path.parent.absolute():
+        raise HbmError(f"cannot write {path}: the directory {path.parent} does not exist", where=where,
+                       hint="create it first, or choose another path")
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=base)
         os.close(fd)
