@@ -331,8 +331,9 @@ def cmd_resume(args) -> int:
     if overrides:
         spec = _resume_overrides(spec, overrides)
     overwrite = bool(args.overwrite or info.get("overwrite"))
-    from hbm.io.rundir import _check_target
+    from hbm.io.rundir import _check_target, check_writable
     _check_target(run_dir, overwrite)
+    check_writable(run_dir)
     t0 = time.perf_counter()
     data = args.data if args.data is not None else info.get("data")
     if data is not None and not Path(data).exists():

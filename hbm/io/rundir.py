@@ -468,6 +468,17 @@ def load_run(run_dir: Path | str) -> RunRecord:
         raise os_error(e, "cannot read", p / "spec.yaml") from None
     except (yaml.YAMLError, ValueError) as e:
         raise damaged(p, "spec.yaml", f"is not valid YAML ({_first_line(e)})") from None
+    for name in ("model.json", "encoding.json"):   # what hbm predict reads (older runs lack them)
+        f = p / name
+        if f.is_file():
+            try:
+                doc = json.loads(f.read_text(encoding="utf-8"))
+            except OSError as e:
+                raise os_error(e, "cannot read", f) from None
+            except ValueError as e:
+                raise damaged(p, name, f"is not valid JSON ({e})") from None
+            if not isinstance(doc, dict):
+                raise damaged(p, name, f"holds a {type(doc).__name__}, not a JSON object")
     check_posterior(p)
     return RunRecord(p, summary, fit_info if isinstance(fit_info, dict) else {},
                      spec if isinstance(spec, dict) else {})

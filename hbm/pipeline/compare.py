@@ -199,7 +199,7 @@ def output_dir(run_a, run_b, out_dir=None) -> Path:
             raise HbmError(f"--out {d} exists and is not empty; a comparison never writes over earlier files",
                            where="--out", hint="choose a new directory, or leave out --out")
     else:
-        a, b = Path(run_a), Path(run_b)
+        a, b = Path(run_a).resolve(), Path(run_b).resolve()    # RUN_A may be "."
         stem = a.parent / f"compare-{a.name}-vs-{b.name}"
         d, n = stem, 1
         while d.exists() or d.is_symlink():
