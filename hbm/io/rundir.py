@@ -16,7 +16,15 @@ or failed write leaves no half directory and no half file, and never touches
 an existing run. An existing run is replaced only with ``overwrite=True`` (the
 old one is moved aside, the new one renamed in, then the old one deleted), and
 only when it looks like a run (or is empty): ``--overwrite`` cannot delete an
-unrelated folder.
+unrelated folder. A writer killed meanwhile leaves its hidden siblings
+(:func:`stale_siblings`); the next fit of the same run removes them, holding its
+partial directory's lock (:func:`hbm.io.checkpoint.clean_for_resume`).
+
+Failures of the file system (a full disk, a read-only directory) are
+:class:`HbmError` naming the path (:func:`hbm.errors.os_error`); where the output
+goes is probed before the work (:func:`check_writable`) and the free space
+checked against the size before a run is written (:func:`free_space_check`). A
+damaged run directory is said to be one (:func:`damaged`), by every reader.
 """
 from __future__ import annotations
 
