@@ -449,3 +449,12 @@ def test_a_reader_that_goes_away_is_no_failure(base, monkeypatch, capsys):
     assert "Traceback" not in err and "Broken pipe" not in err and "internal error" not in err, err
     stdout.write("more")   # the descriptor now leads to /dev/null
     stdout.close()
+
+
+def test_a_distributed_fit_of_a_file_that_is_not_parquet(tmp_path):
+    from hbm.errors import HbmError
+    from hbm.pipeline.distributed import compile_file
+    from hbm.spec import load_spec
+    (tmp_path / "d.parquet").write_text("y,x\n1,2\n")
+    with pytest.raises(HbmError, match=r"could not read .*d\.parquet as parquet: .*magic bytes"):
+        compile_file(load_spec({"formula": "y ~ x"}), tmp_path / "d.parquet")
