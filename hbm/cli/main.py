@@ -332,6 +332,10 @@ def cmd_resume(args) -> int:
         spec = _resume_overrides(spec, overrides)
     overwrite = bool(args.overwrite or info.get("overwrite"))
     from hbm.io.rundir import _check_target, check_writable
+    if not overwrite and (run_dir / "fit.json").is_file():
+        raise HbmError(f"the fit of {run_dir} has finished (its run directory is written); {part} is what a "
+                       "process stopped at the very end left behind",
+                       hint=f"delete {part}, or write the run again from it: hbm fit --resume {run_dir} --overwrite")
     _check_target(run_dir, overwrite)
     check_writable(run_dir)
     t0 = time.perf_counter()
