@@ -7,6 +7,9 @@ before raising, so a user sees all of them at once.
 from __future__ import annotations
 
 import difflib
+import errno
+import os
+import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -117,3 +120,42 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     """A hint line ``did you mean 'x'?`` or None."""
     best = closest(name, candidates)
     return f"did you mean '{best}'?" if best else None
+
+
+# ---------------------------------------------------------------- the user's file system
+
+_ERRNO_IN_TEXT = re.compile(r"errno\s*=\s*(\d+)", re.IGNORECASE)
+
+
+def _os_hint(code: int | None, path: str | None) -> str:
+    where = os.path.dirname(os.path.abspath(path)) if path else "the directory"
+    hints = {
+        errno.ENOSPC: f"the disk holding {where} is full: free some space, or write elsewhere",
+        errno.EDQUOT: f"your disk quota for {where} is used up: free some space, or write elsewhere",
+        errno.EROFS: f"{where} is on a read-only file system: write elsewhere (e.g. another --out)",
+        errno.EACCES: f"you may not write in {where}: write elsewhere (e.g. another --out), or change "
+                      "its permissions",
+        errno.EPERM: f"the operation is not permitted in {where}: write elsewhere (e.g. another --out)",
+        errno.ENOTDIR: f"a part of {path} is a file, not a directory: choose another path",
+        errno.EISDIR: f"{path} is a directory: give a file name",
+        errno.ENOENT: f"{where} does not exist or cannot hold files: create it, or choose another path",
+        errno.EMFILE: "this process has too many open files: raise the limit (ulimit -n) and run again",
+        errno.ENFILE: "the system has too many open files: close some programs and run again",
+        errno.ENAMETOOLONG: "the path is too long: choose a shorter one",
+        errno.EEXIST: f"{path} appeared meanwhile: choose another path, or remove it",
+    }
+    return hints.get(code, "check the path, its permissions and the free space, then run again")
+
+
+def os_error(e: OSError, doing: str = "cannot use", path=None) -> HbmError:
+    """An ``OSError`` from the user's file system (a full disk, a read-only directory, ``--out``
+    under a file) as an :class:`HbmError`: what failed, on which path, and what to do.
+    ``doing`` says what failed ("cannot write"); ``path`` defaults to the error's own file name.
+    h5py's errors carry the errno in their text only; it is read from there."""
+    code = e.errno
+    if code is None:
+        m = _ERRNO_IN_TEXT.search(str(e))
+        code = int(m.group(1)) if m else None
+    path = os.fspath(path) if path is not None else (os.fspath(e.filename) if e.filename else None)
+    reason = os.strerror(code) if code else (e.strerror or str(e) or type(e).__name__)
+    return HbmError(f"{doing} {path}: {reason}" if path else f"{doing}: {reason}", hint=_os_hint(code, path))

@@ -70,13 +70,18 @@ def test_hbm_compare_prints_the_table_and_writes_files_without_overwriting(runs,
     assert "5 parameters compared" in out and "median 0.50, max 2.00 at theta[g=c], 1 beyond 1 sd" in out
     assert "90% width ratio A/B: median 0.60" in out
     assert "parameters only in svi (svi, normal): 1" in out
-    assert (a / "compare.csv").exists() and (a / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    first = (a / "compare.png").read_bytes()
-    assert main(["compare", str(a), str(b)]) == 0          # a second comparison: new names
-    assert (a / "compare-2.png").exists() and (a / "compare-2.csv").exists()
-    assert (a / "compare.png").read_bytes() == first
+    # a new directory beside the runs; the finished runs are not touched
+    first_dir = a.parent / "compare-svi-vs-nuts"
+    assert sorted(p.name for p in first_dir.iterdir()) == ["compare.csv", "compare.png"]
+    assert (first_dir / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(a.glob("compare*")) and not list(b.glob("compare*"))
+    first = (first_dir / "compare.png").read_bytes()
+    assert main(["compare", str(a), str(b)]) == 0          # a second comparison: a new directory
+    assert sorted(p.name for p in (a.parent / "compare-svi-vs-nuts-2").iterdir()) == ["compare.csv", "compare.png"]
+    assert (first_dir / "compare.png").read_bytes() == first
+    assert not [p for p in a.parent.iterdir() if p.name.startswith(".")]   # no temporary siblings
     import pandas as pd
-    csv = pd.read_csv(a / "compare.csv", index_col="parameter")
+    csv = pd.read_csv(first_dir / "compare.csv", index_col="parameter")
     assert csv.loc["theta[g=c]", "shift"] == pytest.approx(-2.0)
 
 
@@ -86,7 +91,13 @@ def test_hbm_compare_out_dir_and_warnings(runs, tmp_path, capsys):
     assert main(["compare", str(a), str(other), "--out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr().out
     assert "different data" in out
-    assert (tmp_path / "cmp" / "compare.png").exists() and not (a / "compare.png").exists()
+    assert (tmp_path / "cmp" / "compare.png").exists() and not list(a.glob("compare*"))
+    # an earlier comparison, a finished run, or a place inside one: refused before any work
+    for bad, words in ((tmp_path / "cmp", "is not empty"), (a, "is not empty"),
+                       (a / "cmp", "inside the run directory")):
+        assert main(["compare", str(a), str(other), "--out", str(bad)]) == 2
+        assert words in capsys.readouterr().err
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in other.iterdir())
 
 
 def test_hbm_compare_bad_input(tmp_path, capsys):

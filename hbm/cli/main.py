@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from hbm.errors import HbmError
+from hbm.errors import HbmError, os_error
 
 EXIT_BAD_INPUT = 2
 
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("compare", help="compare a fit's posterior with a reference fit's (say SVI with NUTS)")
     k.add_argument("run_a", help="the run to judge")
     k.add_argument("run_b", help="the reference run")
-    k.add_argument("--out", metavar="DIR", help="where compare.csv and compare.png go (default: RUN_A)")
+    k.add_argument("--out", metavar="DIR", help="a new directory for compare.csv and compare.png (default: compare-A-vs-B beside RUN_A)")
 
     q = sub.add_parser("predict", help="posterior predictions for new rows from a finished fit")
     q.add_argument("run_dir")
@@ -82,8 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; the one place every failure becomes an exit status (docs/reference.md):
+    0 done, 2 bad input or a refusing environment (a message naming the problem, the file and what
+    to do), 130 interrupted, 1 a bug in hbm (the traceback saved to a file whose path is printed).
+    A reader that goes away (``hbm check SPEC | head``) is no failure: see :class:`_Pipe`."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Pipe(sys.stdout), _Pipe(sys.stderr)
     try:
+        code = _boundary(argv)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return code
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _boundary(argv) -> int:
+    try:
+        args = build_parser().parse_args(argv)
         if args.command == "fit" and args.resume:
             return cmd_resume(args)
         return {"fit": cmd_fit, "check": cmd_check, "show": cmd_show, "predict": cmd_predict,
@@ -94,12 +110,78 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - a bug in hbm, not bad input: say so briefly
+    except BrokenPipeError:       # a pipe other than stdout and stderr: the reader went away
+        return EXIT_BROKEN_PIPE
+    except OSError as e:          # the user's file system refused (a path no hbm module said more about)
+        print(os_error(e).render(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RecursionError:
+        print(HbmError("the input is nested too deeply to follow (Python's recursion limit)",
+                       hint="write the formula or the spec with fewer nested parentheses or keys").render(),
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        print(HbmError("out of memory", hint="fit fewer rows, draw fewer samples (--set inference.draws=...), "
+                       "use minibatches (batch_size), or a machine with more memory").render(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:  # noqa: BLE001 - a bug in hbm, not bad input: say so, keep the traceback
         if os.environ.get("HBM_DEBUG"):
             raise
-        print(f"internal error: {type(e).__name__}: {e}\n  = this is a bug in hbm; rerun with HBM_DEBUG=1 "
-              "for the traceback and report it", file=sys.stderr)
+        print(f"internal error: {type(e).__name__}: {e}\n  = this is a bug in hbm; "
+              + _save_traceback(e), file=sys.stderr)
         return 1
+
+
+EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE: what a shell reports for a command its reader left
+
+
+def _save_traceback(e: BaseException) -> str:
+    """Write ``e``'s traceback to a file in the temporary directory; the words that say where."""
+    import tempfile
+    import traceback
+    text = "".join(traceback.format_exception(e))
+    try:
+        fd, path = tempfile.mkstemp(prefix="hbm-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"hbm {' '.join(sys.argv[1:])}\n\n{text}")
+    except OSError:               # nowhere to keep it: show it here rather than lose it
+        return "please report it with this traceback:\n" + text
+    return f"its traceback is in {path}: please report it with that file (HBM_DEBUG=1 prints it here)"
+
+
+class _Pipe:
+    """``sys.stdout`` / ``sys.stderr`` for one command: once its reader has gone (``hbm check SPEC | head``
+    closes the pipe), what is written goes to ``os.devnull``, quietly, and the command carries on and
+    exits with its own status (a fit still writes its run directory)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._divert()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._divert()
+
+    def _divert(self):
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:                       # the descriptor too: the interpreter's last flush finds devnull there
+            os.dup2(null, self._stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        finally:
+            os.close(null)
+        self._stream = open(os.devnull, "w")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def _spec(args):
@@ -120,8 +202,10 @@ def _overrides(args) -> list[str]:
 
 
 def _data_arg(args):
+    from hbm.data.table import not_a_url
     if args.data is None:
         return None
+    not_a_url(args.data, where="DATA argument")
     if not Path(args.data).exists():
         raise HbmError(f"data file not found: {args.data}", where="DATA argument")
     return args.data
@@ -157,7 +241,7 @@ def _check_inference(spec) -> None:
 
 
 def cmd_fit(args) -> int:
-    from hbm.io.checkpoint import is_locked, partial_dir
+    from hbm.io.checkpoint import is_locked, partial_dir, partial_holds_state, remove_partial
     from hbm.pipeline.compiled import compile_table
     from hbm.pipeline.compile import load_data
     from hbm.io.rundir import new_run_dir
@@ -173,7 +257,9 @@ def cmd_fit(args) -> int:
         if is_locked(partial_dir(run_dir)):
             raise HbmError(f"another hbm process is fitting {run_dir} right now (in {partial_dir(run_dir)})",
                            hint="wait for it to finish, or choose another --out")
-        if not args.overwrite:
+        if not partial_holds_state(partial_dir(run_dir)):
+            remove_partial(partial_dir(run_dir))   # stopped before its first checkpoint: nothing to keep
+        elif not args.overwrite:
             raise HbmError(f"an interrupted fit of {run_dir} is in {partial_dir(run_dir)}",
                            hint=f"continue it with `hbm fit --resume {run_dir}`, or pass --overwrite to "
                                 "start again")
@@ -247,8 +333,13 @@ def cmd_resume(args) -> int:
     if overrides:
         spec = _resume_overrides(spec, overrides)
     overwrite = bool(args.overwrite or info.get("overwrite"))
-    from hbm.io.rundir import _check_target
+    from hbm.io.rundir import _check_target, check_writable
+    if not overwrite and (run_dir / "fit.json").is_file():
+        raise HbmError(f"the fit of {run_dir} has finished (its run directory is written); {part} is what a "
+                       "process stopped at the very end left behind",
+                       hint=f"delete {part}, or write the run again from it: hbm fit --resume {run_dir} --overwrite")
     _check_target(run_dir, overwrite)
+    check_writable(run_dir)
     t0 = time.perf_counter()
     data = args.data if args.data is not None else info.get("data")
     if data is not None and not Path(data).exists():
@@ -298,13 +389,8 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict | 
     removed once the run directory is written. ``--distributed`` (``resume`` None): every process
     fits, without checkpoints; process 0 alone prints and writes.
     """
-
     import jax
 
-    from hbm.io.checkpoint import Checkpointer, lock_partial, remove_partial, start_partial, write_resume_info
-    from hbm.pipeline.fit import fit
-    from hbm.results.diagnostics import report_lines
-    from hbm.results.summary import format_summary
     writer = jax.process_index() == 0
 
     def say(*a, **k):
@@ -313,19 +399,54 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict | 
     say(f"compiled {spec.name}: {model.n_rows:,} rows from {source}, "
         + ", ".join(f"{p.name} {p.size:,}" for p in model.ir.plates) + f" ({compile_s:.1f} s)", file=sys.stderr)
     ckpt = lock = None
-    if resume is not None:
-        if part is None:
-            part = start_partial(run_dir, spec.to_dict(), overwrite=args.overwrite)
-            lock = lock_partial(part)
-        else:
-            lock = lock_partial(part)
-            from hbm.io.checkpoint import SPEC_FILE, atomic_write
-            import yaml
-            from hbm.io.rundir import _plain
+    try:
+        if resume is not None:
+            ckpt, lock, part = _start_checkpoints(args, spec, run_dir, resume, part, say)
+        return _fit_report_save(args, spec, model, run_dir, compile_s, table, ckpt, part, writer)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _start_checkpoints(args, spec, run_dir, resume: dict, part, say):
+    """The partial directory of a one-process fit, held by this process, and its Checkpointer.
+
+    A new one is removed again if it cannot be written whole (a partial directory holding only its
+    spec cannot be resumed). What killed processes left (temporary files in it, half-written run
+    directories beside the run) goes, now that no other process can be writing them."""
+    from hbm.io.checkpoint import (SPEC_FILE, Checkpointer, atomic_write, clean_for_resume, lock_partial,
+                                   remove_partial, start_partial, write_resume_info)
+    from hbm.io.rundir import _plain
+    import yaml
+    new = part is None
+    if new:
+        part = start_partial(run_dir, spec.to_dict(), overwrite=args.overwrite)
+    lock = None
+    try:
+        lock = lock_partial(part)
+        gone = clean_for_resume(part)
+        if gone:
+            say("removed what an interrupted hbm left: " + ", ".join(str(q) for q in gone), file=sys.stderr)
+        if not new:
             atomic_write(part / SPEC_FILE, yaml.safe_dump(_plain(spec.to_dict()), sort_keys=False))
         write_resume_info(part, resume)
-        say(f"checkpoints in {part} (after a crash: hbm fit --resume {run_dir})", file=sys.stderr)
-        ckpt = Checkpointer.from_config(part, spec.inference)
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        if new:
+            remove_partial(part)
+        raise
+    say(f"checkpoints in {part} (after a crash: hbm fit --resume {run_dir})", file=sys.stderr)
+    return Checkpointer.from_config(part, spec.inference), lock, part
+
+
+def _fit_report_save(args, spec, model, run_dir, compile_s, table, ckpt, part, writer) -> int:
+    """Fit, print the summary and verdicts, write the run directory, remove the partial directory."""
+    from hbm.errors import Problem
+    from hbm.io.checkpoint import partial_holds_state, remove_partial
+    from hbm.pipeline.fit import fit
+    from hbm.results.diagnostics import report_lines
+    from hbm.results.summary import format_summary
     bar = None if args.quiet or not writer else ProgressBar(spec.inference.engine)
     try:
         result = fit(model, progress=bar, checkpoint=ckpt)
@@ -333,13 +454,11 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict | 
         if bar:
             bar.close()
         if ckpt is not None:
-            if ckpt.saves == 0 and ckpt.resumed_from is None and not _holds_state(part):
+            if ckpt.saves == 0 and ckpt.resumed_from is None and not partial_holds_state(part):
                 remove_partial(part)   # nothing worth keeping: leave no litter
             elif isinstance(e, KeyboardInterrupt):
                 print(f"the fit's last checkpoint is in {part}; continue with `hbm fit --resume {run_dir}`",
                       file=sys.stderr)
-        if lock is not None:
-            lock.close()
         raise
     if bar:
         bar.close()
@@ -364,22 +483,24 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict | 
         result.diagnostics = {**(result.diagnostics or {}), "subset_check": check}
         print(check["verdict"])
         print(check["overall"])
-    path = result.save(run_dir, overwrite=args.overwrite)
+    try:
+        path = result.save(run_dir, overwrite=args.overwrite)
+    except HbmError as e:
+        if part is not None and partial_holds_state(part):   # the fit itself is not lost
+            raise HbmError(problems=[*e.problems, Problem(
+                f"the finished fit is kept in {part}",
+                hint=f"once that is fixed, `hbm fit --resume {run_dir}` writes the run directory "
+                     "without fitting again")]) from None
+        raise
     if part is not None:
         remove_partial(part)
-    if lock is not None:
-        lock.close()
     print(f"results written to {path}")
     return 0
 
 
-def _holds_state(part: Path) -> bool:
-    return (part / "svi.npz").exists() or any(part.glob("chain-*.npz"))
-
-
 def cmd_predict(args) -> int:
     from hbm.pipeline.predict import Predictor, draws_frame
-    from hbm.io.rundir import write_new_file
+    from hbm.io.rundir import check_writable, write_new_file
     from hbm.data.table import read_table
     out = Path(args.out) if args.out else None
     if args.draws and out is None:
@@ -392,6 +513,7 @@ def cmd_predict(args) -> int:
         if out.suffix.lower() not in (".parquet", ".pq", ".csv"):
             raise HbmError(f"cannot tell which format to write from '{out.name}'", where="--out",
                            hint="name the output .parquet or .csv")
+        check_writable(out, parent_exists=True)
     pred = Predictor.from_run(args.run_dir)
     df = read_table(_data_arg(args))
     res = pred.predict(df, what=args.what, seed=args.seed, draws=args.draws)
@@ -413,12 +535,12 @@ def cmd_predict(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from hbm.pipeline.compare import compare_runs, format_comparison, output_paths, write_comparison
-    csv, png = output_paths(args.run_a, args.out)   # checked before the work: never over a file
+    from hbm.pipeline.compare import compare_runs, format_comparison, output_dir, write_comparison
+    out = output_dir(args.run_a, args.run_b, args.out)   # checked before the work: a new directory
     cmp = compare_runs(args.run_a, args.run_b)
     print(format_comparison(cmp))
-    write_comparison(cmp, csv, png)
-    print(f"table written to {csv}, plot to {png}")
+    write_comparison(cmp, out)
+    print(f"table and plot written to {out} (compare.csv, compare.png)")
     return 0
 
 
@@ -429,21 +551,21 @@ def cmd_show(args) -> int:
 
 
 def cmd_simulate(args) -> int:
+    from hbm.io.rundir import check_writable, write_new_file
     from hbm.pipeline.simulate import simulate_table
     spec = _spec(args)
     out = Path(args.out)
     if out.exists():
         raise HbmError(f"{out} exists; simulate never overwrites a file", where="--out")
+    check_writable(out, parent_exists=True)
     df = simulate_table(spec, rows=args.rows, seed=args.seed)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     suffix = out.suffix.lower()
     if suffix == ".csv":
-        df.to_csv(tmp, index=False)
+        write_new_file(out, lambda p: df.to_csv(p, index=False))
     elif suffix in (".arrow", ".feather", ".ipc"):
-        df.to_feather(tmp)
+        write_new_file(out, lambda p: df.to_feather(p))
     else:
-        df.to_parquet(tmp, index=False)
-    os.replace(tmp, out)
+        write_new_file(out, lambda p: df.to_parquet(p, index=False))
     print(f"wrote {len(df):,} rows to {out}")
     return 0
 

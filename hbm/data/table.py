@@ -24,8 +24,17 @@ READERS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".arrow": "ip
            ".feather": "ipc", ".ipc": "ipc"}
 
 
+def not_a_url(path, where: str = "data") -> None:
+    """hbm reads local files only: a URL is said to be one (checked on the text, before ``Path``
+    folds its ``//`` into ``/``)."""
+    if isinstance(path, str) and "://" in path:
+        raise HbmError(f"the data '{path}' is a URL; hbm reads local files only", where=where,
+                       hint="download it first (e.g. curl -O URL) and give the local file")
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a Parquet, CSV or Arrow IPC file into a DataFrame."""
+    not_a_url(path)
     p = Path(path)
     if not p.exists():
         raise HbmError(f"data file not found: {p}", where="data")

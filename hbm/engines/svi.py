@@ -37,7 +37,10 @@ guide parameters, NumPy) and the loss history as ``err.loss``.
 Checkpoints (``checkpoint=``, an :class:`hbm.io.checkpoint.Checkpointer`): the SVI
 state and the loop's state are saved between pieces of a block, as often as
 ``inference.checkpoint_every`` / ``checkpoint_seconds`` say, at the end, and at a
-non-finite loss (the last good state); a fit given a checkpoint that holds a state
+non-finite loss (the last good state); a state with a non-finite value anywhere (the
+optimiser's moments included) is never saved, so a resumed fit can always go on (at a
+non-finite loss the piece's first state is saved instead, or the last checkpoint
+stands); a fit given a checkpoint that holds a state
 continues from it and ends where the uninterrupted fit ends (same updates, same keys).
 
 Timings: ``init_s`` (compiling and running the initialisation), ``compile_s``
@@ -190,6 +193,8 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
             return jnp.zeros((3, 0))
         return jnp.concatenate([jnp.reshape(v, (3, -1)) for v in q.values()], axis=1)
 
+    # a damaged checkpoint is said before anything is compiled
+    saved = checkpoint.load_svi() if checkpoint is not None else None
     t0 = time.perf_counter()
     key = jax.random.PRNGKey(int(config.seed))
     state = compile_once(init, key, dyn, fast=True)(key, dyn)
@@ -203,7 +208,6 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
     # the guide's estimates, block by block, for the stopping rule (a point estimate has no width)
     watch = getattr(config, "guide", None) != "delta" and options.get("stop", "movement") != "loss"
     quantiles, block_sum, prev_summary, moved, worst_move = None, None, None, None, None
-    saved = checkpoint.load_svi() if checkpoint is not None else None
     if saved is not None:
         state = checkpoint.restore(saved, state)
         history, done = [saved.loss], saved.step
@@ -221,7 +225,8 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
                 jax.tree_util.tree_structure(like),
                 [jnp.asarray(np.asarray(x), l.dtype) for x, l in zip(loop["block_sum"], jax.tree_util.tree_leaves(like))])
     first = done   # the step this run starts from (a resumed fit starts where it stopped)
-    step_block = compile_once(block, state, dyn, np.int32(size))
+    # compiled only when there are steps to run (not for a resumed fit that had finished them)
+    step_block = compile_once(block, state, dyn, np.int32(size)) if not finished and done < steps else None
     compile_s = time.perf_counter() - t0
 
     def loop_state(**kw):
@@ -253,11 +258,13 @@ def run_svi(problem: FitProblem, config: Any, factory: Callable, elbo: Any, *,
                 good = start if k <= 0 else step_block(start, dyn, np.int32(k))[0]
                 full = np.concatenate(history)
                 where = None
-                if checkpoint is not None:
-                    good_step = done + max(k, 0)
-                    checkpoint.save_svi(good, good_step, full, loop_state(
-                        non_finite_step=done + len(losses)))
-                    where = str(checkpoint.dir)
+                if checkpoint is not None:   # the last state with finite values throughout, if any
+                    loop = loop_state(non_finite_step=done + len(losses))
+                    if checkpoint.save_svi(good, done + max(k, 0), full, loop) or (
+                            k > 0 and checkpoint.save_svi(start, done, full, loop)):
+                        where = str(checkpoint.dir)
+                    elif checkpoint.saves or checkpoint.resumed_from is not None:
+                        where = str(checkpoint.dir)     # an earlier checkpoint stands
                 _raise_non_finite(done + len(losses), good, full, in_trace, where)
             done += n
             if done < block_end and checkpoint is not None and checkpoint.due(done):

@@ -36,8 +36,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hbm.errors import HbmError
-from hbm.io.rundir import _plain
+from hbm.errors import HbmError, os_error
+from hbm.io.rundir import _plain, remove_stale_siblings, temp_sibling
 
 PARTIAL_SUFFIX = ".partial"
 SVI_FILE, LOSS_FILE, RESUME_FILE, SPEC_FILE = "svi.npz", "loss.f64", "resume.json", "spec.yaml"
@@ -65,7 +65,7 @@ def atomic_write(path: Path | str, content: bytes | str | Callable[[Any], None])
     new one, never half of one.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_sibling(path)
     try:
         with open(tmp, "wb") as f:
             if callable(content):
@@ -75,6 +75,9 @@ def atomic_write(path: Path | str, content: bytes | str | Callable[[Any], None])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise os_error(e, "cannot write", path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -92,9 +95,12 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+    except OSError as e:
+        if e.errno is not None:
+            raise os_error(e, "cannot read", path) from None
+        raise _damaged(path.parent, path.name, f"cannot be read ({e})") from None
     except Exception as e:  # noqa: BLE001 - a damaged checkpoint is bad input, said plainly
-        raise HbmError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}",
-                       hint="the file is damaged; delete it to start that part of the fit again") from None
+        raise _damaged(path.parent, path.name, f"cannot be read ({type(e).__name__}: {e})") from None
 
 
 # ---------------------------------------------------------------- the checkpointer
@@ -143,23 +149,30 @@ class Checkpointer:
         return bool(self.seconds) and self.clock() - self.last_time >= self.seconds
 
     # ---- SVI
-    def save_svi(self, state, step: int, loss: np.ndarray, loop: dict) -> None:
-        """Save the SVI ``state`` (a pytree of arrays) after ``step`` steps; ``loss[:step]`` is its history."""
+    def save_svi(self, state, step: int, loss: np.ndarray, loop: dict) -> bool:
+        """Save the SVI ``state`` (a pytree of arrays) after ``step`` steps; ``loss[:step]`` is its history.
+
+        Only a state whose every value (parameters and optimiser state alike) is finite is saved: a
+        resumed fit must be able to go on from it. Returns whether it was saved."""
         import jax
-        self.dir.mkdir(parents=True, exist_ok=True)
         leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
+        if not all_finite(leaves):
+            return False
         loss = np.asarray(loss, np.float64).reshape(-1)[:step]
         if loss.size < step:
             raise ValueError(f"a checkpoint at step {step} needs {step} losses, got {loss.size}")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise os_error(e, "cannot create the checkpoint directory", self.dir) from None
         path = self.dir / LOSS_FILE
         if step < self.loss_valid:  # never expected: a history shorter than the one on disk
             atomic_write(path, loss.tobytes())
         else:  # append what is new, after cutting off anything a killed process left behind
-            with open(path, "ab") as f:
-                f.truncate(self.loss_valid * 8)
-                f.write(loss[self.loss_valid:step].tobytes())
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                append_losses(path, self.loss_valid, loss[self.loss_valid:step])
+            except OSError as e:
+                raise os_error(e, "cannot write", path) from None
         self.loss_valid = step
         meta = {"step": int(step), "loop": loop, "n_leaves": len(leaves), "time": time.time()}
         arrays = {f"leaf_{i}": x for i, x in enumerate(leaves)}
@@ -167,6 +180,7 @@ class Checkpointer:
         atomic_write(self.dir / SVI_FILE, _npz_bytes(arrays))
         self.last_step, self.last_time = step, self.clock()
         self.saves += 1
+        return True
 
     def load_svi(self) -> SVICheckpoint | None:
         """The saved optimisation, or None when there is none."""
@@ -176,11 +190,17 @@ class Checkpointer:
         z = _read_npz(path)
         try:
             meta = json.loads(bytes(z["meta"]).decode())
+            if not isinstance(meta, dict) or not isinstance(meta.get("loop") or {}, dict):
+                raise ValueError(f"its meta data is {json.dumps(meta)[:60]}, not what hbm writes")
             leaves = [z[f"leaf_{i}"] for i in range(int(meta["n_leaves"]))]
-        except (KeyError, ValueError) as e:
-            raise HbmError(f"checkpoint {path} is incomplete ({e})",
-                           hint="delete it to start the fit again") from None
-        step = int(meta["step"])
+            step = int(meta["step"])
+            if step < 0:
+                raise ValueError(f"step {step}")
+        except (KeyError, ValueError, TypeError) as e:
+            raise _damaged(self.dir, SVI_FILE, f"is incomplete or edited ({type(e).__name__}: {e})") from None
+        if not all_finite(leaves):
+            raise _damaged(self.dir, SVI_FILE, "holds non-finite values (written by an hbm that saved the "
+                                               "state of a diverging fit)")
         lpath = self.dir / LOSS_FILE
         loss = np.fromfile(lpath, np.float64) if lpath.exists() else np.empty(0)
         if loss.size < step:
@@ -217,12 +237,38 @@ class Checkpointer:
         if not path.exists():
             return None
         z = _read_npz(path)
-        if "meta" not in z or json.loads(bytes(z["meta"]).decode()) != json.loads(
-                json.dumps(meta, default=_json_default)):
+        try:
+            saved_meta = json.loads(bytes(z["meta"]).decode()) if "meta" in z else None
+        except ValueError as e:
+            raise _damaged(self.dir, path.name, f"is incomplete or edited ({e})") from None
+        if saved_meta != json.loads(json.dumps(meta, default=_json_default)):
             return None
         samples = {n[2:]: v for n, v in z.items() if n.startswith("s:")}
         stats = {n[2:]: v for n, v in z.items() if n.startswith("t:")}
         return samples, stats
+
+
+def all_finite(leaves) -> bool:
+    """Whether every floating value of ``leaves`` (arrays) is finite; integer leaves (keys, counts) pass."""
+    return all(np.isfinite(x).all() for x in map(np.asarray, leaves)
+               if np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.complexfloating))
+
+
+def append_losses(path: Path, keep: int, new: np.ndarray) -> None:
+    """Cut ``path`` (raw float64) to its first ``keep`` values (a killed process's torn append goes)
+    and append ``new``, flushed to disk."""
+    with open(path, "ab") as f:
+        f.truncate(keep * 8)
+        f.write(np.asarray(new, np.float64).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _damaged(part: Path, name: str, what: str) -> HbmError:
+    run = run_dir_of(part)
+    return HbmError(f"the interrupted fit in {part} is damaged: file {name} {what}", where=str(part / name),
+                    hint=f"delete {part} and start the fit again (hbm fit SPEC DATA --out {run}; "
+                         "the resolved spec is kept in its spec.yaml)")
 
 
 def _json_default(x):
@@ -291,8 +337,15 @@ def start_partial(run_dir: Path, spec_dict: dict, overwrite: bool = False) -> Pa
                            hint=f"continue it with `hbm fit --resume {run_dir}`, or pass --overwrite "
                                 "to start again")
         shutil.rmtree(part)
-    part.mkdir(parents=True)
-    atomic_write(part / SPEC_FILE, yaml.safe_dump(_plain(spec_dict), sort_keys=False, allow_unicode=True))
+    try:
+        part.mkdir(parents=True)
+    except OSError as e:
+        raise os_error(e, "cannot create the checkpoint directory", part) from None
+    try:
+        atomic_write(part / SPEC_FILE, yaml.safe_dump(_plain(spec_dict), sort_keys=False, allow_unicode=True))
+    except BaseException:       # a directory without its spec could not be resumed: leave none
+        shutil.rmtree(part, ignore_errors=True)
+        raise
     return part
 
 
@@ -320,14 +373,42 @@ def read_partial(path: Path | str) -> tuple[Path, Path, dict, dict]:
                        hint="--resume continues a fit that was interrupted; wait for this one to finish")
     spec_path, info_path = part / SPEC_FILE, part / RESUME_FILE
     if not spec_path.exists() or not info_path.exists():
-        raise HbmError(f"{part} holds no resumable fit (the fit stopped before its first step)",
-                       hint="delete it and start the fit again")
-    try:
-        spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (ValueError, yaml.YAMLError) as e:
-        raise HbmError(f"cannot read the interrupted fit in {part}: {e}") from None
-    return part, run, spec, info
+        raise HbmError(f"{part} holds no resumable fit (the fit stopped before it had started: no "
+                       f"{RESUME_FILE if spec_path.exists() else SPEC_FILE})",
+                       hint=f"start the fit again (hbm fit SPEC DATA --out {run}: it replaces {part.name}), "
+                            f"or delete {part}")
+    docs = {}
+    for name, path_, load in ((SPEC_FILE, spec_path, yaml.safe_load), (RESUME_FILE, info_path, json.loads)):
+        try:
+            docs[name] = load(path_.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise os_error(e, "cannot read", path_) from None
+        except (ValueError, yaml.YAMLError) as e:
+            raise _damaged(part, name, f"cannot be read ({str(e).splitlines()[0]})") from None
+        if not isinstance(docs[name], dict):
+            raise _damaged(part, name, f"holds {json.dumps(docs[name], default=str)[:40]}, not a mapping")
+    info = docs[RESUME_FILE]
+    for key, kinds in (("data", (str, type(None))), ("source", (str, type(None))),
+                       ("fingerprint", (str, type(None))), ("overwrite", (bool, type(None)))):
+        if not isinstance(info.get(key), kinds):
+            raise _damaged(part, RESUME_FILE, f"has {key}: {json.dumps(info.get(key), default=str)[:40]}, "
+                                              "not what hbm writes")
+    return part, run, docs[SPEC_FILE], info
+
+
+def partial_holds_state(part: Path) -> bool:
+    """Whether ``part`` holds anything a resumed fit would go on from (an SVI state, a finished chain)."""
+    return (part / SVI_FILE).exists() or any(part.glob("chain-*.npz"))
+
+
+def clean_for_resume(part: Path) -> list[Path]:
+    """Remove what killed processes left around an interrupted fit (only while holding ``part``'s lock):
+    temporary files inside ``part`` and the run directory's temporary siblings (a half-written run);
+    returns what was removed."""
+    gone = [q for q in part.glob(".*.tmp-*") if q.is_file()]
+    for q in gone:
+        q.unlink(missing_ok=True)
+    return gone + remove_stale_siblings(run_dir_of(part))
 
 
 def remove_partial(part: Path) -> None:

@@ -16,7 +16,15 @@ or failed write leaves no half directory and no half file, and never touches
 an existing run. An existing run is replaced only with ``overwrite=True`` (the
 old one is moved aside, the new one renamed in, then the old one deleted), and
 only when it looks like a run (or is empty): ``--overwrite`` cannot delete an
-unrelated folder.
+unrelated folder. A writer killed meanwhile leaves its hidden siblings
+(:func:`stale_siblings`); the next fit of the same run removes them, holding its
+partial directory's lock (:func:`hbm.io.checkpoint.clean_for_resume`).
+
+Failures of the file system (a full disk, a read-only directory) are
+:class:`HbmError` naming the path (:func:`hbm.errors.os_error`); where the output
+goes is probed before the work (:func:`check_writable`) and the free space
+checked against the size before a run is written (:func:`free_space_check`). A
+damaged run directory is said to be one (:func:`damaged`), by every reader.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -33,7 +42,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from hbm.errors import HbmError, did_you_mean
+from hbm.errors import HbmError, did_you_mean, os_error
 from hbm.results.summary import format_summary, load_netcdf, save_netcdf
 
 REQUIRED_FILES = ("summary.csv", "fit.json", "spec.yaml", "posterior.nc")
@@ -72,12 +81,14 @@ def new_run_dir(base: Path | str | None, name: str, *, overwrite: bool = False,
 
     ``base`` (``--out``) when given: an error if it exists and is not empty,
     unless ``overwrite``. Otherwise ``<root>/<name>-<YYYYmmdd-HHMMSS>[-N]``, a
-    name no existing path has. Checking here, before fitting, means a long fit
-    never ends in a refused write.
+    name no existing path has. Checking here (that, and that its place can be
+    written: :func:`check_writable`), before fitting, means a long fit never ends
+    in a refused write.
     """
     if base is not None:
         p = Path(base)
         _check_target(p, overwrite)
+        check_writable(p)
         return p
     stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
     stem = Path(root) / f"{_slug(name)}-{stamp}"
@@ -85,7 +96,54 @@ def new_run_dir(base: Path | str | None, name: str, *, overwrite: bool = False,
     while p.exists() or p.is_symlink():
         n += 1
         p = stem.with_name(f"{stem.name}-{n}")
+    check_writable(p)
     return p
+
+
+def _existing_ancestor(p: Path) -> Path:
+    q = p.absolute()
+    while not (q.exists() or q.is_symlink()) and q != q.parent:
+        q = q.parent
+    return q
+
+
+def check_writable(path: Path | str, where: str = "--out", parent_exists: bool = False) -> None:
+    """That ``path`` (a file or directory to be created) can be: the nearest existing directory
+    above it (its parent, with ``parent_exists``) is a directory and takes a new file (probed:
+    permissions alone say nothing for root, a read-only mount or /proc). Raises :class:`HbmError`
+    naming the path and what to do."""
+    path = Path(path)
+    base = _existing_ancestor(path.parent)
+    if not base.is_dir():
+        raise HbmError(f"cannot write {path}: {base} is a file, not a directory", where=where,
+                       hint="choose a path whose parent is a directory")
+    if parent_exists and base != path.parent.absolute():
+        raise HbmError(f"cannot write {path}: the directory {path.parent} does not exist", where=where,
+                       hint="create it first, or choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise os_error(e, "cannot write", path) from None
+
+
+def free_space_check(path: Path | str, need: int) -> None:
+    """Refuse to start writing ``need`` bytes under ``path`` when the disk has less free (a full disk
+    found halfway through a NetCDF file is worse: HDF5 fails in its own finalisers)."""
+    base = _existing_ancestor(Path(path))
+    try:
+        free = shutil.disk_usage(base).free
+    except OSError:
+        return              # no figure to go by: the writes themselves will say
+    if free < need:
+        raise HbmError(f"not enough free space to write {path}: it needs about {_megabytes(need)}, "
+                       f"the disk holding {base} has {_megabytes(free)} free",
+                       hint="free some space, or write elsewhere (e.g. another --out)")
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} kB"
 
 
 def _safe_join(root: Path, rel: str) -> Path:
@@ -102,33 +160,82 @@ def _remove(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def write_run(run_dir: Path | str, files: Mapping[str, FileContent], overwrite: bool = False) -> Path:
+def write_run(run_dir: Path | str, files: Mapping[str, FileContent], overwrite: bool = False,
+              need_bytes: int = 0) -> Path:
     """Write ``files`` (name -> bytes, text, or a callable given the path to write)
-    as the directory ``run_dir``, all at once or not at all."""
+    as the directory ``run_dir``, all at once or not at all; ``need_bytes`` (an estimate of
+    their size) is checked against the free space first. A failure of the file system (a full
+    disk, a read-only directory) is an :class:`HbmError` naming the file."""
     run_dir = Path(run_dir)
     _check_target(run_dir, overwrite)
     parent = run_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".{run_dir.name}.tmp-{os.getpid()}"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise os_error(e, "cannot create the directory of", run_dir) from None
+    if need_bytes:
+        free_space_check(run_dir, need_bytes + need_bytes // 10 + 2**20)
+    tmp = temp_sibling(run_dir)
     _remove(tmp)
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        raise os_error(e, "cannot write", run_dir) from None
     try:
         for rel, content in files.items():
             dest = _safe_join(tmp, rel)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if callable(content):
-                content(dest)
-                if not dest.exists():
-                    raise RuntimeError(f"the writer for {rel!r} did not create {dest}")
-            elif isinstance(content, str):
-                dest.write_text(content, encoding="utf-8")
-            else:
-                dest.write_bytes(bytes(content))
-        _install(tmp, run_dir, overwrite)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                write_file(dest, content)
+            except OSError as e:
+                raise os_error(e, f"cannot write {rel} into", run_dir) from None
+            if not dest.exists():
+                raise RuntimeError(f"the writer for {rel!r} did not create {dest}")
+        try:
+            _install(tmp, run_dir, overwrite)
+        except OSError as e:
+            raise os_error(e, "cannot move the finished files into", run_dir) from None
     except BaseException:
         _remove(tmp)
         raise
     return run_dir
+
+
+def write_file(dest: Path, content: FileContent) -> None:
+    """One file of a run directory: bytes, text, or ``content(dest)`` (the one place files are written)."""
+    if callable(content):
+        content(dest)
+    elif isinstance(content, str):
+        dest.write_text(content, encoding="utf-8")
+    else:
+        dest.write_bytes(bytes(content))
+
+
+TEMP_TAGS = ("tmp", "old")
+
+
+def temp_sibling(path: Path, tag: str = "tmp") -> Path:
+    """The hidden sibling ``.<name>.<tag>-<pid>`` where ``path`` is written before it is renamed into place
+    (``tag`` "old": where a replaced run waits to be deleted)."""
+    return path.parent / f".{path.name}.{tag}-{os.getpid()}"
+
+
+def stale_siblings(path: Path) -> list[Path]:
+    """The temporary siblings of ``path`` (:func:`temp_sibling`) that some process left, whatever its pid."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.({'|'.join(TEMP_TAGS)})-\d+")
+    try:
+        return sorted(q for q in path.parent.iterdir() if pattern.fullmatch(q.name))
+    except OSError:
+        return []
+
+
+def remove_stale_siblings(path: Path) -> list[Path]:
+    """Delete what a killed writer of ``path`` left beside it (call only while no other process writes
+    ``path``: a fit holding its partial directory's lock); returns what was removed."""
+    stale = stale_siblings(path)
+    for q in stale:
+        _remove(q)
+    return stale
 
 
 def _install(tmp: Path, run_dir: Path, overwrite: bool) -> None:
@@ -142,7 +249,7 @@ def _install(tmp: Path, run_dir: Path, overwrite: bool) -> None:
             if not run_dir.exists():
                 raise
     _check_target(run_dir, overwrite)  # it appeared while we were writing
-    old = run_dir.parent / f".{run_dir.name}.old-{os.getpid()}"
+    old = temp_sibling(run_dir, "old")
     _remove(old)
     os.rename(run_dir, old)
     try:
@@ -162,11 +269,14 @@ def write_new_file(path: Path | str, write: Callable[[Path], None]) -> Path:
                        hint="choose another name, or remove the file first")
     if not path.parent.is_dir():
         raise HbmError(f"cannot write {path}: the directory {path.parent} does not exist", where="--out")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_sibling(path)
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        try:
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise os_error(e, "cannot write", path) from None
         try:
             os.link(tmp, path)          # atomic, and refuses to replace a file that appeared meanwhile
         except FileExistsError:
@@ -175,7 +285,10 @@ def write_new_file(path: Path | str, write: Callable[[Path], None]) -> Path:
         except OSError:                 # a file system without hard links
             if path.exists():
                 raise HbmError(f"{path} exists; hbm never writes over an existing file", where="--out") from None
-            os.rename(tmp, path)
+            try:
+                os.rename(tmp, path)
+            except OSError as e:
+                raise os_error(e, "cannot write", path) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -247,7 +360,17 @@ def save_fit(run_dir: Path | str, idata, summary_df: pd.DataFrame, spec_dict: di
     if loss is not None and np.asarray(loss).size:
         files["loss.png"] = lambda p: plot_loss(loss, p)
     files.update(extra or {})
-    return write_run(run_dir, files, overwrite=overwrite)
+    return write_run(run_dir, files, overwrite=overwrite, need_bytes=_nbytes(idata) + _nbytes(summary_df))
+
+
+def _nbytes(x) -> int:
+    """The in-memory size of an InferenceData's groups or a DataFrame: about what writing it takes."""
+    try:
+        if isinstance(x, pd.DataFrame):
+            return int(x.memory_usage(deep=True).sum())
+        return int(sum(getattr(x, g).nbytes for g in x.groups()))
+    except Exception:  # noqa: BLE001 - an estimate only: without one, the writes themselves say
+        return 0
 
 
 # ---------------------------------------------------------------- reading
@@ -263,12 +386,55 @@ class RunRecord:
     def idata(self):
         """The posterior InferenceData (read on first use, fully into memory)."""
         if self._idata is None:
-            self._idata = load_netcdf(self.path / "posterior.nc")
+            try:
+                self._idata = load_netcdf(self.path / "posterior.nc")
+            except OSError as e:
+                if _system_error(e):        # the file system's own error (permissions, an I/O error)
+                    raise os_error(e, "cannot read", self.path / "posterior.nc") from None
+                raise damaged(self.path, "posterior.nc", f"cannot be read ({_first_line(e)})") from None
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+                raise damaged(self.path, "posterior.nc", f"cannot be read ({_first_line(e)})") from None
         return self._idata
 
     def loss(self) -> np.ndarray | None:
         ss = getattr(self.idata(), "sample_stats", None)
         return None if ss is None or "loss" not in ss else np.asarray(ss["loss"].values)
+
+
+def damaged(run_dir: Path | str, name: str, what: str) -> HbmError:
+    """The error for a file of a run directory that is not what ``hbm fit`` wrote (truncated, edited)."""
+    return HbmError(f"run directory {run_dir} is damaged: file {name} {what}", where=str(Path(run_dir) / name),
+                    hint=f"fit it again (hbm fit SPEC DATA --out {run_dir} --overwrite), or restore {name} "
+                         "from a copy")
+
+
+def _system_error(e: OSError) -> bool:
+    """An error of the operating system (with an errno, which h5py gives in its text only), not of a
+    file's content ("file signature not found", "truncated file")."""
+    return e.errno is not None or "errno =" in str(e)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def check_posterior(run_dir: Path) -> None:
+    """That ``posterior.nc`` is a whole HDF5 file holding a posterior (opened, not read: a truncated
+    or emptied file fails here, cheaply)."""
+    import h5py
+    path = run_dir / "posterior.nc"
+    try:
+        with h5py.File(path, "r") as f:
+            groups = set(f.keys())
+    except OSError as e:
+        if _system_error(e):
+            raise os_error(e, "cannot read", path) from None
+        raise damaged(run_dir, "posterior.nc", f"is not a whole NetCDF file ({_first_line(e)})") from None
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise damaged(run_dir, "posterior.nc", f"is not a whole NetCDF file ({_first_line(e)})") from None
+    if "posterior" not in groups:
+        raise damaged(run_dir, "posterior.nc", "holds no posterior group")
 
 
 def _runs_inside(p: Path) -> list[Path]:
@@ -294,16 +460,34 @@ def load_run(run_dir: Path | str) -> RunRecord:
                        where=str(p / missing[0]), hint=hint)
     try:
         summary = pd.read_csv(p / "summary.csv", index_col="parameter", dtype={"parameter": str})
+    except OSError as e:
+        raise os_error(e, "cannot read", p / "summary.csv") from None
     except (ValueError, pd.errors.ParserError) as e:
-        raise HbmError(f"cannot read {p / 'summary.csv'}: {e}") from None
+        raise damaged(p, "summary.csv", f"cannot be read ({_first_line(e)})") from None
     try:
         fit_info = json.loads((p / "fit.json").read_text(encoding="utf-8"))
+    except OSError as e:
+        raise os_error(e, "cannot read", p / "fit.json") from None
     except ValueError as e:
-        raise HbmError(f"cannot read {p / 'fit.json'}: {e}") from None
+        raise damaged(p, "fit.json", f"is not valid JSON ({e})") from None
     try:
         spec = yaml.safe_load((p / "spec.yaml").read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise HbmError(f"cannot read {p / 'spec.yaml'}: {e}") from None
+    except OSError as e:
+        raise os_error(e, "cannot read", p / "spec.yaml") from None
+    except (yaml.YAMLError, ValueError) as e:
+        raise damaged(p, "spec.yaml", f"is not valid YAML ({_first_line(e)})") from None
+    for name in ("model.json", "encoding.json"):   # what hbm predict reads (older runs lack them)
+        f = p / name
+        if f.is_file():
+            try:
+                doc = json.loads(f.read_text(encoding="utf-8"))
+            except OSError as e:
+                raise os_error(e, "cannot read", f) from None
+            except ValueError as e:
+                raise damaged(p, name, f"is not valid JSON ({e})") from None
+            if not isinstance(doc, dict):
+                raise damaged(p, name, f"holds a {type(doc).__name__}, not a JSON object")
+    check_posterior(p)
     return RunRecord(p, summary, fit_info if isinstance(fit_info, dict) else {},
                      spec if isinstance(spec, dict) else {})
 

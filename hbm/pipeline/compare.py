@@ -10,12 +10,14 @@ parameter element present in both summaries:
 
 The terminal shows every scalar parameter, one line per vector variable (median and worst
 over its elements), the worst elements, and a summary line. The whole table goes to
-``compare.csv`` and a picture to ``compare.png``: written into RUN_A unless ``--out DIR``
-says where, and never over an existing file (``compare-2.png``, ``compare-3.png``, ... when
-the names are taken; the CSV and PNG of one comparison always share a number).
+``compare.csv`` and a picture to ``compare.png``, both in a new directory: ``--out DIR``, by
+default ``compare-<A>-vs-<B>`` beside RUN_A (``-2``, ``-3``, ... when the name is taken). The
+directory is written under a temporary name and renamed when whole; a finished run is never
+changed, an earlier comparison never replaced.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from hbm.errors import HbmError
-from hbm.io.rundir import load_run
+from hbm.io.rundir import check_writable, load_run, write_run
 
 COLUMNS = ("mean_a", "mean_b", "sd_a", "sd_b", "shift", "width_ratio", "sd_ratio")
 
@@ -185,32 +187,40 @@ def format_comparison(cmp: Comparison, worst: int = 5) -> str:
 
 # ---------------------------------------------------------------- files
 
-def output_paths(run_a, out_dir=None) -> tuple[Path, Path]:
-    """``(csv, png)`` paths for a comparison: in ``out_dir`` or RUN_A, never an existing name."""
-    d = Path(out_dir) if out_dir is not None else Path(run_a)
-    if d.exists() and not d.is_dir():
-        raise HbmError(f"--out {d} is a file; give a directory", where="--out")
-    n = 1
-    while True:
-        stem = "compare" if n == 1 else f"compare-{n}"
-        csv, png = d / f"{stem}.csv", d / f"{stem}.png"
-        if not (csv.exists() or png.exists()):
-            return csv, png
-        n += 1
+def output_dir(run_a, run_b, out_dir=None) -> Path:
+    """Where a comparison goes, checked before the work: ``out_dir`` (new, or an empty directory), by
+    default ``compare-<A>-vs-<B>`` beside RUN_A (``-2``, ``-3``, ... when taken). Never inside a
+    run directory, never over an earlier comparison."""
+    if out_dir is not None:
+        d = Path(out_dir)
+        if d.exists() and not d.is_dir():
+            raise HbmError(f"--out {d} is a file; give a new directory", where="--out")
+        if d.is_dir() and any(d.iterdir()):
+            raise HbmError(f"--out {d} exists and is not empty; a comparison never writes over earlier files",
+                           where="--out", hint="choose a new directory, or leave out --out")
+    else:
+        a, b = Path(run_a).resolve(), Path(run_b).resolve()    # RUN_A may be "."
+        stem = a.parent / f"compare-{a.name}-vs-{b.name}"
+        d, n = stem, 1
+        while d.exists() or d.is_symlink():
+            n += 1
+            d = stem.with_name(f"{stem.name}-{n}")
+    run = next((q for q in d.absolute().parents if all((q / f).is_file() for f in ("fit.json", "posterior.nc"))),
+               None)
+    if run is not None:
+        raise HbmError(f"--out {d} is inside the run directory {run}; hbm never changes a finished run",
+                       where="--out", hint="choose a directory outside it, or leave out --out")
+    check_writable(d)
+    return d
 
 
-def write_comparison(cmp: Comparison, csv: Path, png: Path) -> None:
-    """Write the table and the plot (each created exclusively: an existing file is never replaced)."""
-    csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(csv, "x", encoding="utf-8") as f:
-        cmp.table.to_csv(f, float_format="%.6g")
-    try:
-        with open(png, "xb") as f:
-            plot_comparison(cmp, f)
-    except BaseException:
-        png.unlink(missing_ok=True)
-        csv.unlink(missing_ok=True)
-        raise
+def write_comparison(cmp: Comparison, out_dir: Path | str) -> Path:
+    """Write ``compare.csv`` (the table) and ``compare.png`` (the plot) as the new directory ``out_dir``,
+    all at once (:func:`hbm.io.rundir.write_run`: a kill leaves no half file, anywhere)."""
+    png = io.BytesIO()
+    plot_comparison(cmp, png)
+    return write_run(out_dir, {"compare.csv": cmp.table.to_csv(float_format="%.6g"),
+                               "compare.png": png.getvalue()})
 
 
 def plot_comparison(cmp: Comparison, target) -> None:
@@ -260,5 +270,5 @@ def _short(s: str, n: int = 34) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
-__all__ = ["Comparison", "compare_summaries", "compare_runs", "format_comparison", "output_paths",
+__all__ = ["Comparison", "compare_summaries", "compare_runs", "format_comparison", "output_dir",
            "write_comparison", "plot_comparison"]

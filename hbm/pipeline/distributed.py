@@ -141,7 +141,6 @@ def compile_file(spec, path: str | Path, layout: str | None = None):
     import jax
     import pyarrow.parquet as pq
 
-
     path = Path(path)
     if spec.batch_size:
         raise HbmError("batch_size is not supported with --distributed yet", where="batch_size",
@@ -152,7 +151,11 @@ def compile_file(spec, path: str | Path, layout: str | None = None):
     if not path.exists():
         raise HbmError(f"data file not found: {path}", where="data")
     check_regular_file(path, "data")
-    pf = pq.ParquetFile(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, ValueError) as e:    # pyarrow's ArrowInvalid is a ValueError: not Parquet, or damaged
+        raise HbmError(f"could not read {path} as parquet: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                       where="data") from None
     if spec.params:
         return compile_nonlinear_file(spec, pf)
     formula = parse_formula(spec.formula)

@@ -51,11 +51,11 @@ from hbm.data.encode_nonlinear import data_leaves
 from hbm.vocabulary.functions import NP_OPS, _NP_BOUNDS
 from hbm.data.encode import Encoding, column_values
 from hbm.ir.model import plate_effects, population_columns
-from hbm.errors import HbmError, did_you_mean
+from hbm.errors import HbmError, did_you_mean, os_error
 from hbm.frontend.priors import Fixed, Prior
 from hbm.data.table import TableInfo, as_dataframe
 from hbm.results.summary import outputs_from_inference_data
-from hbm.io.rundir import load_run
+from hbm.io.rundir import damaged, load_run
 from hbm.vocabulary.families import FAMILIES
 
 FORMAT_VERSION = 1
@@ -258,6 +258,23 @@ def encoding_to_dict(enc: Encoding, parents: dict | None = None) -> dict:
             "parents": {k: np.asarray(v).astype(int).tolist() for k, v in (parents or {}).items()}}
 
 
+def _encoding_from_dict(e: dict) -> tuple[Encoding, dict[str, np.ndarray]]:
+    """``encoding.json`` back: the :class:`Encoding` and the parent maps (a wrong shape raises
+    KeyError, TypeError or ValueError)."""
+    def table(key, required=True) -> dict:
+        v = e[key] if required else e.get(key, {})
+        if not isinstance(v, dict):
+            raise TypeError(f"'{key}' should be a mapping, found {json.dumps(v)[:40]}")
+        for k, x in v.items():
+            if not isinstance(x, list):
+                raise TypeError(f"'{key}.{k}' should be a list, found {json.dumps(x)[:40]}")
+        return v
+    enc = Encoding({k: list(v) for k, v in table("labels").items()},
+                   {k: tuple(v) for k, v in table("stats").items()},
+                   {k: list(v) for k, v in table("factor_levels").items()})
+    return enc, {k: np.asarray(v, np.int64) for k, v in table("parents", required=False).items()}
+
+
 def run_files(result) -> dict[str, str]:
     """``model.json`` and ``encoding.json`` of a :class:`hbm.pipeline.fit.FitResult`, for its run directory."""
     model = result.model
@@ -305,21 +322,30 @@ class Predictor:
                                where=str(f), hint="runs written by an older hbm lack it: fit the model again")
             try:
                 docs[name] = json.loads(f.read_text(encoding="utf-8"))
-                if docs[name].get("version") != FORMAT_VERSION:
-                    raise ValueError(f"format version {docs[name].get('version')}, expected {FORMAT_VERSION}")
-            except (ValueError, AttributeError) as e:
-                raise HbmError(f"cannot read {f}: {e}", where=str(f)) from None
+            except OSError as e:
+                raise os_error(e, "cannot read", f) from None
+            except ValueError as e:
+                raise damaged(p, name, f"is not valid JSON ({e})") from None
+            if not isinstance(docs[name], dict):
+                raise damaged(p, name, f"holds a {type(docs[name]).__name__}, not a JSON object")
+            if docs[name].get("version") != FORMAT_VERSION:
+                raise damaged(p, name, f"has format version {docs[name].get('version')!r}, expected "
+                                       f"{FORMAT_VERSION}")
         try:
             model_ir = model_from_dict(docs["model.json"])
-            e = docs["encoding.json"]
-            enc = Encoding({k: list(v) for k, v in e["labels"].items()},
-                           {k: tuple(v) for k, v in e["stats"].items()},
-                           {k: list(v) for k, v in e["factor_levels"].items()})
-            parents = {k: np.asarray(v, np.int64) for k, v in e.get("parents", {}).items()}
-        except (KeyError, TypeError, ValueError) as err:
-            raise HbmError(f"cannot read the model of run {p}: {type(err).__name__}: {err}",
-                           hint="model.json or encoding.json was edited or is damaged") from None
-        return cls.from_outputs(model_ir, enc, parents, outputs_from_inference_data(rec.idata()))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            raise damaged(p, "model.json", f"does not describe a model ({type(err).__name__}: {err})") from None
+        try:
+            enc, parents = _encoding_from_dict(docs["encoding.json"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise damaged(p, "encoding.json", f"does not describe an encoding ({type(err).__name__}: {err})"
+                          ) from None
+        idata = rec.idata()
+        try:
+            outputs = outputs_from_inference_data(idata)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            raise damaged(p, "posterior.nc", f"holds no usable draws ({type(err).__name__}: {err})") from None
+        return cls.from_outputs(model_ir, enc, parents, outputs)
 
     # ---- draws by name
     def _get(self, base: str, dims: tuple = ()) -> np.ndarray:

@@ -25,6 +25,7 @@ attribute ``hbm_base`` and its original dims in ``hbm_dims`` (JSON), so
 """
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -217,12 +218,33 @@ def _rename_groups(idata, fn):
     return az.InferenceData(attrs=dict(idata.attrs) or None, **groups), changed
 
 
+MEMORY_IMAGE_MAX = 1 << 30   # bytes of draws up to which posterior.nc is built in memory first
+
+
 def save_netcdf(idata, path) -> Path:
-    """Write ``idata`` to ``path`` (h5netcdf), encoding names netCDF cannot hold."""
+    """Write ``idata`` to ``path`` (h5netcdf), encoding names netCDF cannot hold.
+
+    The file is built in memory (ArviZ's layout: the attributes at the root, one compressed group
+    each) and then written with plain file I/O, so a disk that fills up meanwhile is an ordinary
+    ``OSError``, never HDF5 failing in its finalisers (tracebacks "ignored in __dealloc__", then a
+    segmentation fault). Beyond ``MEMORY_IMAGE_MAX`` bytes of draws ArviZ writes the file itself."""
     encoded, changed = _rename_groups(idata, _encode)
     if changed:
         encoded.attrs[_ENCODING_ATTR] = "percent"
-    encoded.to_netcdf(str(path), engine="h5netcdf")
+    groups = {g: getattr(encoded, g) for g in encoded.groups()}
+    if sum(ds.nbytes for ds in groups.values()) > MEMORY_IMAGE_MAX:
+        encoded.to_netcdf(str(path), engine="h5netcdf")
+        return Path(path)
+    image, mode = io.BytesIO(), "w"
+    if encoded.attrs:
+        xr.Dataset(attrs=dict(encoded.attrs)).to_netcdf(image, mode=mode, engine="h5netcdf")
+        mode = "a"
+    for g, ds in groups.items():
+        zlib = {v: {"zlib": True} for v, x in ds.variables.items() if x.dtype.kind in "biufcS"}
+        ds.to_netcdf(image, mode=mode, group=g, engine="h5netcdf", encoding=zlib)
+        mode = "a"
+    with open(path, "wb") as f:
+        f.write(image.getbuffer())
     return Path(path)
 
 
