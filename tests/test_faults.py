@@ -458,3 +458,17 @@ def test_a_distributed_fit_of_a_file_that_is_not_parquet(tmp_path):
     (tmp_path / "d.parquet").write_text("y,x\n1,2\n")
     with pytest.raises(HbmError, match=r"could not read .*d\.parquet as parquet: .*magic bytes"):
         compile_file(load_spec({"formula": "y ~ x"}), tmp_path / "d.parquet")
+
+
+def test_an_orphaned_temporary_sibling_is_removed_by_the_next_write(tmp_path):
+    """A killed ``simulate --out`` / ``predict --out`` leaves ``.NAME.tmp-PID``; the next write of that name
+    removes it when process PID is gone, and keeps the sibling of a writer that still runs."""
+    from hbm.io.rundir import write_new_file
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f".sim.csv.tmp-{int(dead.stdout)}"
+    live = tmp_path / f".sim.csv.tmp-{os.getppid()}"
+    orphan.write_text("half")
+    live.write_text("being written")
+    write_new_file(tmp_path / "sim.csv", lambda p: p.write_text("y\n1\n"))
+    assert (tmp_path / "sim.csv").read_text() == "y\n1\n"
+    assert not orphan.exists() and live.exists()

@@ -175,6 +175,7 @@ def write_run(run_dir: Path | str, files: Mapping[str, FileContent], overwrite: 
         raise os_error(e, "cannot create the directory of", run_dir) from None
     if need_bytes:
         free_space_check(run_dir, need_bytes + need_bytes // 10 + 2**20)
+    remove_orphans(run_dir)
     tmp = temp_sibling(run_dir)
     _remove(tmp)
     try:
@@ -229,6 +230,26 @@ def stale_siblings(path: Path) -> list[Path]:
         return []
 
 
+def _writer_gone(sibling: Path) -> bool:
+    """Whether the process named by a temporary sibling's ``-<pid>`` suffix no longer runs (on this host)."""
+    try:
+        os.kill(int(sibling.name.rsplit("-", 1)[1]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def remove_orphans(path: Path) -> list[Path]:
+    """Delete the temporary siblings of ``path`` whose writer no longer runs (a killed ``predict --out``,
+    ``simulate --out`` or fit); safe without a lock: a live writer's sibling is kept. Returns what was removed."""
+    gone = [q for q in stale_siblings(path) if _writer_gone(q)]
+    for q in gone:
+        _remove(q)
+    return gone
+
+
 def remove_stale_siblings(path: Path) -> list[Path]:
     """Delete what a killed writer of ``path`` left beside it (call only while no other process writes
     ``path``: a fit holding its partial directory's lock); returns what was removed."""
@@ -269,6 +290,7 @@ def write_new_file(path: Path | str, write: Callable[[Path], None]) -> Path:
                        hint="choose another name, or remove the file first")
     if not path.parent.is_dir():
         raise HbmError(f"cannot write {path}: the directory {path.parent} does not exist", where="--out")
+    remove_orphans(path)
     tmp = temp_sibling(path)
     try:
         try:
