@@ -4,27 +4,22 @@
 
 Deterministic (no clock): flops and bytes accessed of the optimised program, its fusions. Two trees whose
 figures are equal compile the same step, which settles a "no slower step" question that timings on a noisy
-machine cannot (benchmarks/step_time.py: same data, same model, same initial point).
+machine cannot (the model, data and initial point of benchmarks/step_time.py).
 """
-import json, sys
+import json
+import sys
 from pathlib import Path
-import pandas as pd, jax, hbm
-from numpyro.infer.util import initialize_model
+
+import hbm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_time import potential_grad, seed_model  # noqa: E402
+
 which = sys.argv[1]
-if which == "dose":
-    df = pd.read_parquet("/tmp/hbm-bench-data/dose_response_400k.parquet")
-    spec = hbm.load_spec(str(Path(hbm.__file__).resolve().parents[1] / "specs" / "dose_response.yaml"))
-else:
-    df = pd.read_parquet("/tmp/hbm-bench-data/elasticity_p1000_c10_t156_s0.parquet")
-    sys.path.insert(0, str(Path(hbm.__file__).parents[1] / "benchmarks"))
-    import elasticity as E
-    spec = hbm.load_spec({"name": "el", "formula": E.FORMULA, "family": "poisson", "priors": E.PRIORS})
-model = hbm.compile(spec, df)
-info = initialize_model(jax.random.PRNGKey(0), model.numpyro_model, model_kwargs=model.data, dynamic_args=False)
-vg = jax.jit(jax.value_and_grad(info.potential_fn))
-comp = vg.lower(info.param_info.z).compile()
-ca = comp.cost_analysis()
-ca = ca[0] if isinstance(ca, list) else ca
-hlo = comp.as_text()
-print(json.dumps({"which": which, "tree": hbm.__file__, "flops": ca.get("flops"), "bytes": ca.get("bytes accessed"),
+vg, x0 = potential_grad(seed_model(which))
+compiled = vg.lower(x0).compile()
+cost = compiled.cost_analysis()
+cost = cost[0] if isinstance(cost, list) else cost
+hlo = compiled.as_text()
+print(json.dumps({"which": which, "tree": hbm.__file__, "flops": cost.get("flops"), "bytes": cost.get("bytes accessed"),
                   "fusions": hlo.count(" fusion("), "hlo_lines": hlo.count("\n")}))

@@ -21,29 +21,16 @@ import jax
 Array = Any   # a NumPy or JAX array
 
 
-@jax.tree_util.register_dataclass
 @dataclass(frozen=True)
-class Rows:
-    """A linear formula's per-row arrays.
-
-    ``y`` response; ``trials``/``se``/``weights`` the response's extras; ``offset`` summed
-    offsets; ``X`` population columns ``(n, k)``; ``idx[plate]`` level codes; ``Z[plate]``
-    group-level slope columns ``(n, k)``; ``mask`` False on padding and empty cells; ``lp0``
-    the data-only log density, summed per block row (the layout's); ``pattern[plate]`` a
-    pattern index per block row (panel layout). A non-linear parameter's rows have ``y=None``.
-    """
+class _Response:
+    """The response's arrays, shared by :class:`Rows` and :class:`NonlinearRows`."""
 
     y: Array | None
-    X: Array | None = None
-    offset: Array | None = None
     trials: Array | None = None
     se: Array | None = None
     weights: Array | None = None
     mask: Array | None = None
     lp0: Array | None = None
-    idx: Mapping[str, Array] = field(default_factory=dict)
-    Z: Mapping[str, Array] = field(default_factory=dict)
-    pattern: Mapping[str, Array] = field(default_factory=dict)
 
     @property
     def extra(self) -> dict:
@@ -53,22 +40,33 @@ class Rows:
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
-class NonlinearRows:
+class Rows(_Response):
+    """A linear formula's per-row arrays.
+
+    ``y`` response; ``trials``/``se``/``weights`` the response's extras; ``offset`` summed
+    offsets; ``X`` population columns ``(n, k)``; ``idx[plate]`` level codes; ``Z[plate]``
+    group-level slope columns ``(n, k)``; ``mask`` False on padding and empty cells; ``lp0``
+    the data-only log density, summed per block row (the layout's); ``pattern[plate]`` a
+    pattern index per block row (panel layout). A non-linear parameter's rows have ``y=None``.
+    """
+
+    X: Array | None = None
+    offset: Array | None = None
+    idx: Mapping[str, Array] = field(default_factory=dict)
+    Z: Mapping[str, Array] = field(default_factory=dict)
+    pattern: Mapping[str, Array] = field(default_factory=dict)
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class NonlinearRows(_Response):
     """A non-linear formula's per-row arrays: the response's (as :class:`Rows`), each parameter's
     own rows (``params[name]``, without ``y``), the data leaves of the expression (``data[text]``)
     and one row mask per limit (``limits[key]``: rows where a leaf is infinite)."""
 
-    y: Array
-    trials: Array | None = None
-    se: Array | None = None
-    weights: Array | None = None
-    mask: Array | None = None
-    lp0: Array | None = None
     params: Mapping[str, Rows] = field(default_factory=dict)
     data: Mapping[str, Array] = field(default_factory=dict)
     limits: Mapping[str, Array] = field(default_factory=dict)
-
-    extra = Rows.extra
 
 
 @jax.tree_util.register_dataclass
