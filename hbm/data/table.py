@@ -180,7 +180,7 @@ class TableInfo:
                            where=f"column '{name}'", hint=_FLAT_HINT)
         if s.dtype != object:
             return
-        first = s.dropna().iloc[:1]
+        first = s.head(1000).dropna().iloc[:1]       # a sample: the column may have 10^8 rows
         types = getattr(self.df, "attrs", {}).get("nested_types", {})
         if name in types or (len(first) and isinstance(first.iloc[0], (dict, list, tuple, set, np.ndarray))):
             kind = types.get(name) or type(first.iloc[0]).__name__.replace("ndarray", "list").replace("dict", "struct")
@@ -204,7 +204,7 @@ class TableInfo:
                 or isinstance(dtype, pd.PeriodDtype):
             kind = str(dtype)
         else:
-            sample = s.dropna().iloc[:100]
+            sample = s.head(10_000).dropna().iloc[:100]
             if not len(sample):
                 return
             values = sample.tolist()
