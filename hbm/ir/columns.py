@@ -5,6 +5,7 @@
     cols.factors    # {"region": "region"}     categorical predictors (a text column, factor(k))
     cols.group_only # ("z",)                   numeric columns of group-level terms alone
     cols.grouping   # {"g": ("g",)}            grouping column -> the plates it names
+    cols.offset_only # ("e",)                  numeric columns of offsets alone
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class FormulaColumns:
     group_only: tuple[str, ...]           # numeric columns that only group-level terms use
     grouping: dict[str, tuple[str, ...]]  # grouping column -> the plates it is part of
     extras: dict[str, str]                # trials / se / weights column -> its role
+    offset_only: tuple[str, ...] = ()     # numeric columns that only offsets use
 
     @property
     def predictors(self) -> tuple[str, ...]:
@@ -69,8 +71,10 @@ def formula_columns(m: ir.ModelIR) -> FormulaColumns:
                     factors.setdefault(part.column, part.term)
                 else:
                     numeric_part(part, numeric)
+    before = set(numeric)
     for o in m.offsets:
         numeric_part(o, numeric)
+    offset_only = [c for c in numeric if c not in before]
     for c in m.chains:
         for part in c.column.parts:
             if not isinstance(part, ir.Level):
@@ -88,4 +92,5 @@ def formula_columns(m: ir.ModelIR) -> FormulaColumns:
     extras = {getattr(r, k): k for k in ("trials", "se", "weights") if getattr(r, k)}
     return FormulaColumns(r.column, {k: tuple(v) for k, v in numeric.items() if k not in factors},
                           factors, tuple(dict.fromkeys(c for c in group if c not in numeric and c not in factors)),
-                          {k: tuple(v) for k, v in grouping.items()}, extras)
+                          {k: tuple(v) for k, v in grouping.items()}, extras,
+                          tuple(c for c in offset_only if c not in factors))

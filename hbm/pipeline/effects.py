@@ -478,7 +478,10 @@ def run_effects(pred: Predictor) -> list[Effects]:
     """One :class:`Effects` per population-level predictor (at most ``MAX_PANELS``; factors of at most
     ``MAX_PANEL_LEVELS`` levels)."""
     out = []
-    for col in formula_columns(pred.ir).predictors:
+    cols = formula_columns(pred.ir)
+    for col in cols.predictors:
+        if col in cols.offset_only:     # an offset is not an effect the model estimates
+            continue
         t = resolve_term(pred, col)
         if t.kind != "numeric" and not 0 < len(t.levels) <= MAX_PANEL_LEVELS:
             continue
@@ -500,9 +503,8 @@ def plot_run_effects(pred: Predictor, target) -> None:
 
 def effect_files(result) -> dict:
     """``{"effects.png": writer}`` for a fit's run directory: a linear formula with population-level
-    predictors, fitted in one process; else {}."""
-    m = result.model
-    if isinstance(m.ir, NonlinearIR) or m.observed_y is not None:
+    predictors; else {} (a non-linear formula has curves.png instead)."""
+    if isinstance(result.model.ir, NonlinearIR):
         return {}
     pred = Predictor.from_fit(result)
     if not run_effects_possible(pred):
@@ -511,12 +513,17 @@ def effect_files(result) -> dict:
 
 
 def run_effects_possible(pred: Predictor) -> bool:
+    """Whether effects.png has a panel to draw: a predictor other than an offset (a factor of at most
+    MAX_PANEL_LEVELS levels), and every numeric column's range recorded."""
     cols = formula_columns(pred.ir)
-    numeric = [c for c in cols.numeric if c in pred.encoding.ranges]
-    factors = [c for c in cols.factors if 0 < len(pred.encoding.factor_levels.get(c, ())) <= MAX_PANEL_LEVELS]
-    return bool(numeric or factors) and all(c in pred.encoding.ranges for c in cols.numeric)
+    if not all(c in pred.encoding.ranges for c in cols.numeric):
+        return False
+    return any(c not in cols.offset_only and (c in cols.numeric or
+                                              0 < len(pred.encoding.factor_levels.get(c, ())) <= MAX_PANEL_LEVELS)
+               for c in cols.predictors)
 
 
 __all__ = ["Term", "Effects", "Contrasts", "conditional_effects", "contrasts", "contrast_table", "parse_at",
-           "resolve_term", "by_term", "factor_term", "reference_row", "grid", "group_columns", "output_dir", "write_effects",
-           "write_contrasts", "format_effects", "format_contrasts", "effect_files", "plot_run_effects"]
+           "resolve_term", "by_term", "factor_term", "reference_row", "grid", "group_columns", "output_dir",
+           "write_effects", "write_contrasts", "format_effects", "format_contrasts", "effect_files",
+           "plot_run_effects"]

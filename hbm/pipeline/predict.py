@@ -10,7 +10,9 @@ fit's means and standard deviations, and a factor's levels must be the fit's.
 Nothing is refitted. Each posterior draw gives the linear predictor of every row;
 ``what`` picks what is summarised: ``"response"`` (a draw of y per posterior
 draw: the posterior predictive), ``"mean"`` (the family's mean, E[y]) or ``"eta"``
-(the linear predictor).
+(the linear predictor). ``groups`` picks the group-level effects that enter: all (the
+default), none (``False``: the population-level prediction, what ``hbm effects`` draws),
+or the plates named.
 
 A level of a grouping factor that the fit never saw is drawn from its
 population, once per posterior draw: the deviations of a group block from
