@@ -146,7 +146,7 @@ def test_names_are_checked(fitted, monkeypatch):
     _, _, run, pred = fitted
     assert resolve_term(pred, "log(price)").column == "price"
     assert resolve_term(pred, "scale( x )").uses == ("scale(x)",)
-    with pytest.raises(HbmError, match="unknown TERM 'prise'.*did you mean 'price'"):
+    with pytest.raises(HbmError, match="(?s)unknown TERM 'prise'.*did you mean 'price'"):
         resolve_term(pred, "prise")
     with pytest.raises(HbmError, match="'count' is the response"):
         resolve_term(pred, "count")

@@ -349,14 +349,16 @@ def format_effects(eff: Effects, max_rows: int = 11) -> str:
     t = eff.table
     n = len(t) // (len(eff.by.levels) if eff.by else 1)
     step = max(1, -(-n // max_rows)) if eff.term.kind == "numeric" else 1
-    keep = np.flatnonzero((np.arange(len(t)) % n) % step == 0) if step > 1 else np.arange(len(t))
+    pos = np.arange(len(t)) % n            # the place in its line's grid; the last point always shown
+    keep = np.flatnonzero((pos % step == 0) | (pos == n - 1)) if step > 1 else np.arange(len(t))
     shown = t.iloc[keep]
     head = [f"{eff.response} over {eff.term.label}" + (f", by {eff.by.column}" if eff.by else "")
             + f" ({eff.scale})"]
     if eff.held:
         head.append(_held_note(eff.held))
     body = shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
-    tail = [f"({len(shown)} of {len(t)} rows shown, one grid point in {step}; all in effects.csv)"] if step > 1 else []
+    tail = ([f"({len(shown)} of {len(t)} rows shown, one grid point in {step} and the last; all in effects.csv)"]
+            if step > 1 else [])
     return "\n".join(head + [body] + tail)
 
 
@@ -495,10 +497,10 @@ def plot_run_effects(pred: Predictor, target) -> None:
     """``effects.png``: one panel per population-level predictor."""
     effs = run_effects(pred)
     what, scale = _describe(pred, None)
-    held = "each panel varies one predictor and holds the others: numeric at their means, factors at their " \
-           "reference levels" + (f", {pred.ir.response.trials} = 1" if pred.ir.response.trials else "")
-    plot_effects([e.panel() for e in effs], target, title=f"{what}: conditional effects ({scale})",
-                 ylabel=what, note=held)
+    _, held = reference_row(pred)
+    note = "each panel varies one predictor and holds the others at " + ", ".join(f"{k} = {v}" for k, v in held.items())
+    plot_effects([e.panel() for e in effs], target, title=f"Conditional effects on {what} ({scale})",
+                 ylabel=what, note=note if len(note) <= 200 else note[:197] + "...")
 
 
 def effect_files(result) -> dict:

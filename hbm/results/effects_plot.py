@@ -35,13 +35,13 @@ def plot_effects(panels: list[EffectPanel], target, *, title: str, ylabel: str, 
     cols = min(3, k)
     rows = -(-k // cols)
     widths = [_width(p) for p in panels]
-    fig = Figure(figsize=(max(widths) * cols, 3.7 * rows + 0.7), dpi=110, layout="constrained")
+    fig = Figure(figsize=(max(max(widths) * cols, 6.4), 3.7 * rows + 0.7), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     for i, panel in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
-        (_numeric if panel.kind == "numeric" else _factor)(ax, panel)
+        (_numeric if panel.kind == "numeric" else _factor)(ax, panel, legend=i == 0 or panel.by is not None)
         ax.set_xlabel(panel.xlabel, fontsize=9)
-        ax.set_ylabel(ylabel if i % cols == 0 else "", fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=9)   # every panel: their scales differ
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.25, lw=0.5)
     fig.suptitle(title, fontsize=10)
@@ -64,21 +64,24 @@ def _groups(panel: EffectPanel):
     return [(lv, panel.frame[panel.frame[panel.by] == lv], f"C{j % MAX_BY_LEVELS}") for j, lv in enumerate(levels)]
 
 
-def _numeric(ax, panel: EffectPanel) -> None:
-    for level, g, color in _groups(panel):
+def _numeric(ax, panel: EffectPanel, legend: bool = True) -> None:
+    groups = _groups(panel)
+    fade = 1.0 if len(groups) <= 3 else 0.6     # many lines: lighter bands, the lines stay apart
+    for level, g, color in groups:
         x = g[panel.term].to_numpy(float)
-        ax.fill_between(x, g["q5"], g["q95"], color=color, alpha=0.15, lw=0,
+        ax.fill_between(x, g["q5"], g["q95"], color=color, alpha=0.15 * fade, lw=0,
                         label="90% interval" if level is None else None)
-        ax.fill_between(x, g["q25"], g["q75"], color=color, alpha=0.3, lw=0,
+        ax.fill_between(x, g["q25"], g["q75"], color=color, alpha=0.3 * fade, lw=0,
                         label="50% interval" if level is None else None)
         ax.plot(x, g["mean"], color=color, lw=1.8, label="posterior mean" if level is None else f"{level}")
-    ax.legend(fontsize=7, loc="best", title=panel.by if panel.by else None, title_fontsize=7)
+    if legend:
+        ax.legend(fontsize=7, loc="best", title=panel.by if panel.by else None, title_fontsize=7)
     if panel.by is not None:
         ax.text(0.99, 0.01, "bands: 50% and 90% intervals", transform=ax.transAxes, ha="right", va="bottom",
                 fontsize=6.5, color="0.35")
 
 
-def _factor(ax, panel: EffectPanel) -> None:
+def _factor(ax, panel: EffectPanel, legend: bool = True) -> None:
     levels = list(dict.fromkeys(panel.frame[panel.term]))
     pos = {lv: i for i, lv in enumerate(levels)}
     groups = _groups(panel)
@@ -94,7 +97,8 @@ def _factor(ax, panel: EffectPanel) -> None:
     long = len(levels) > 8 or max(len(str(v)) for v in levels) > 6
     ax.set_xticklabels([_short(str(v)) for v in levels], rotation=45 if long else 0, ha="right" if long else "center")
     ax.set_xlim(-0.6, len(levels) - 0.4)
-    ax.legend(fontsize=7, loc="best", title=panel.by if panel.by else None, title_fontsize=7)
+    if legend:
+        ax.legend(fontsize=7, loc="best", title=panel.by if panel.by else None, title_fontsize=7)
     if panel.by is not None:
         ax.text(0.99, 0.01, "bars: 50% and 90% intervals", transform=ax.transAxes, ha="right", va="bottom",
                 fontsize=6.5, color="0.35")
