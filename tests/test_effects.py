@@ -16,13 +16,13 @@ SPEC = """
 name: effects_test
 formula: count ~ log(price) + scale(x) + region + (1 | g)
 family: poisson
-inference: {engine: svi, steps: 400, draws: 200, tolerance: 0, optimizer: adam(lr=0.05)}
+inference: {engine: svi, steps: 300, draws: 200, tolerance: 0, optimizer: adam(lr=0.05)}
 """
 CHAIN_SPEC = """
 name: effects_chain
 formula: y ~ x + x | g/region + (1 | h)
 family: normal
-inference: {engine: svi, steps: 400, draws: 100, tolerance: 0, optimizer: adam(lr=0.05)}
+inference: {engine: svi, steps: 200, draws: 60, tolerance: 0, optimizer: adam(lr=0.05)}
 """
 
 
