@@ -262,11 +262,11 @@ def group_columns(pred: Predictor, plate: str, labels) -> dict[str, list[str]]:
         p = q
 
 
-def _describe(pred: Predictor, group: Term | None) -> tuple[str, str]:
-    """(what is predicted, e.g. ``E[units]``, the scale in words)."""
+def _describe(pred: Predictor, group: Term | None, row: dict) -> tuple[str, str]:
+    """(what is predicted, e.g. ``E[units]`` or ``E[succ] with n = 1``, the scale in words)."""
     m = pred.ir
-    resp = m.response.column
-    what = f"E[{resp}]" + (f" with {m.response.trials} = 1" if m.response.trials else "")
+    trials = m.response.trials
+    what = f"E[{m.response.column}]" + (f" with {trials} = {float(row[trials]):g}" if trials else "")
     groups = (f"group-level effects of {group.column} only, the others at zero" if group is not None
               else "group-level effects at zero")
     return what, f"{m.family.name}, {m.family.link} link; {groups}"
@@ -311,7 +311,7 @@ def conditional_effects(source, term: str, by: str | None = None, at=None, point
     table = pd.concat([frame[keys].reset_index(drop=True), _summary(draws)], axis=1)
     for col in (t.column, b.column if b else None):
         held.pop(col, None)
-    what, scale = _describe(pred, b if b is not None and b.kind == "group" else None)
+    what, scale = _describe(pred, b if b is not None and b.kind == "group" else None, base)
     return Effects(table, t, b, held, what, scale)
 
 
@@ -381,7 +381,7 @@ def contrasts(source, factor: str, pairs: bool = False, at=None, seed: int = 0) 
         groups = {f.plate}
     draws = pred.predict(frame, what="mean", seed=seed, draws=True, groups=groups)
     table = contrast_table(draws, f.levels, pairs)
-    what, scale = _describe(pred, f if f.kind == "group" else None)
+    what, scale = _describe(pred, f if f.kind == "group" else None, base)
     return Contrasts(table, f, held, what, scale, pairs)
 
 
@@ -496,8 +496,8 @@ def run_effects(pred: Predictor) -> list[Effects]:
 def plot_run_effects(pred: Predictor, target) -> None:
     """``effects.png``: one panel per population-level predictor."""
     effs = run_effects(pred)
-    what, scale = _describe(pred, None)
-    _, held = reference_row(pred)
+    base, held = reference_row(pred)
+    what, scale = _describe(pred, None, base)
     note = "each panel varies one predictor and holds the others at " + ", ".join(f"{k} = {v}" for k, v in held.items())
     plot_effects([e.panel() for e in effs], target, title=f"Conditional effects on {what} ({scale})",
                  ylabel=what, note=note if len(note) <= 200 else note[:197] + "...")
