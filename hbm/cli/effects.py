@@ -19,7 +19,6 @@ def add_parsers(sub) -> None:
     e.add_argument("--points", type=int, default=50, help="grid points of a numeric TERM (default 50)")
     e.add_argument("--out", metavar="DIR",
                    help="a new directory for effects.csv and effects.png (default: RUN-effects-TERM beside RUN)")
-    e.add_argument("--seed", type=int, default=0)
 
     c = sub.add_parser("contrast", help="posterior differences of the expected response between the levels "
                                         "of a factor")
@@ -30,7 +29,6 @@ def add_parsers(sub) -> None:
                    help="hold a predictor at this value")
     c.add_argument("--out", metavar="DIR",
                    help="a new directory for contrast.csv (default: RUN-contrast-FACTOR beside RUN)")
-    c.add_argument("--seed", type=int, default=0)
 
 
 def cmd_effects(args) -> int:
@@ -42,7 +40,7 @@ def cmd_effects(args) -> int:
     at = parse_at(pred, args.at)
     name = term.column + (f"-by-{by.column}" if by else "")
     out = output_dir(args.run_dir, "effects", name, args.out)     # checked before the work
-    eff = conditional_effects(pred, args.term, by=args.by, at=at, points=args.points, seed=args.seed)
+    eff = conditional_effects(pred, args.term, by=args.by, at=at, points=args.points)
     print(format_effects(eff))
     write_effects(eff, out)
     print(f"written to {out} (effects.csv, effects.png)", file=sys.stderr)
@@ -56,7 +54,7 @@ def cmd_contrast(args) -> int:
     factor = factor_term(pred, args.factor, args.pairs)
     at = parse_at(pred, args.at)
     out = output_dir(args.run_dir, "contrast", factor.column, args.out)
-    con = contrasts(pred, args.factor, pairs=args.pairs, at=at, seed=args.seed)
+    con = contrasts(pred, args.factor, pairs=args.pairs, at=at)
     print(format_contrasts(con))
     write_contrasts(con, out)
     print(f"written to {out} (contrast.csv)", file=sys.stderr)
