@@ -163,6 +163,25 @@ def test_draws_come_back_as_parquet(fitted, tmp_path, capsys):
     assert text.splitlines()[0] == "row,mean,sd,q5,q50,q95,new_levels" and len(text.splitlines()) == 5
 
 
+def test_population_level_predictions_and_chosen_plates(fitted):
+    """groups=False: no group-level values (the chain x | g/region at its population coefficient) and
+    no grouping columns needed; groups={"g"}: g's chain values only, h's block at zero."""
+    _, _, model, result, _ = fitted
+    pred = Predictor.from_fit(result)
+
+    def d(name, dims=()):
+        return pred.draws[(name, dims)].astype(float)
+    rows = pd.DataFrame({"x": [0.0, 1.0, 2.0], "z": [0.5, -1.0, 0.0]})
+    eta = pred.predict(rows, what="eta", draws=True, groups=False)
+    by_hand = d("Intercept")[:, None] + d("x")[:, None] * rows["x"].to_numpy() + d("z")[:, None] * rows["z"].to_numpy()
+    np.testing.assert_allclose(eta, by_hand.T, rtol=1e-5, atol=1e-5)
+    g00 = model.encoding.labels["g"].index("g00")
+    rows = pd.DataFrame({"x": [2.0], "z": [0.5], "g": ["g00"], "region": ["r0"]})
+    eta = pred.predict(rows, what="eta", draws=True, groups={"g"})[0]
+    np.testing.assert_allclose(eta, d("Intercept") + 2.0 * d("x", ("g",))[:, g00] + 0.5 * d("z"), rtol=1e-5, atol=1e-5)
+    assert pred.predict(rows, groups={"g"})["new_levels"].tolist() == [""]
+
+
 def test_new_data_that_does_not_fit_the_model_is_refused(fitted):
     _, _, _, result, run = fitted
     pred = Predictor.from_run(run)

@@ -1,4 +1,4 @@
-"""The ``hbm`` command line: fit (and fit --resume), check, show, predict, simulate.
+"""The ``hbm`` command line: fit (and fit --resume), check, show, predict, compare, effects, contrast, simulate.
 
 Every bad input ends in a message and exit status 2, never a traceback.
 """
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from hbm.errors import HbmError, os_error
+from hbm.cli import effects as effects_cli
 
 EXIT_BAD_INPUT = 2
 
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "eta: the linear predictor")
     q.add_argument("--seed", type=int, default=0)
 
+    effects_cli.add_parsers(sub)     # effects, contrast
+
     m = sub.add_parser("simulate", help="write synthetic data drawn from the spec")
     m.add_argument("spec")
     m.add_argument("--rows", type=int)
@@ -103,7 +106,8 @@ def _boundary(argv) -> int:
         if args.command == "fit" and args.resume:
             return cmd_resume(args)
         return {"fit": cmd_fit, "check": cmd_check, "show": cmd_show, "predict": cmd_predict,
-                "compare": cmd_compare, "simulate": cmd_simulate}[args.command](args)
+                "compare": cmd_compare, "simulate": cmd_simulate,
+                "effects": effects_cli.cmd_effects, "contrast": effects_cli.cmd_contrast}[args.command](args)
     except HbmError as e:
         print(e.render(), file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -7,7 +7,7 @@ group-level values, so both stages agree.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from hbm.ir import model as ir
 from hbm.data.table import TableInfo
 from hbm.ir.model import plate_effects, population_columns
 from hbm.frontend.ast import Var
+from hbm.ir.columns import formula_columns
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Encoding:
     labels: dict[str, list[str]]               # plate -> level labels
     stats: dict[str, tuple[float, float]]      # center()/scale() statistics, by expression text
     factor_levels: dict[str, list[str]]        # categorical column -> its levels in the fit
+    ranges: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # numeric column -> min, mean, max
 
 
 def encode(model: ir.ModelIR, info: TableInfo) -> tuple[Rows, Consts, Encoding]:
@@ -54,7 +56,18 @@ def encode(model: ir.ModelIR, info: TableInfo) -> tuple[Rows, Consts, Encoding]:
                     factors[part.column] = info.levels((part.column,))[1]
     y = info.numeric(_var(resp.column)).astype(np.float32)
     rows = Rows(y=y, X=X, offset=offset, idx=idx, Z=Z, **extras)
-    return rows, encode_consts(model, info), Encoding(labels, dict(info.stats), factors)
+    return rows, encode_consts(model, info), Encoding(labels, dict(info.stats), factors, column_ranges(model, info))
+
+
+def column_ranges(model: ir.ModelIR, info: TableInfo) -> dict[str, tuple[float, float, float]]:
+    """(min, mean, max) of every numeric column the formula's predictors read, in the data's own units
+    (what ``hbm effects`` draws its grids over and holds other predictors at)."""
+    cols = formula_columns(model)
+    out = {}
+    for name in dict.fromkeys([*cols.numeric, *cols.group_only, *cols.extras]):
+        x = info.numeric(Var(name))
+        out[name] = (float(x.min()), float(x.mean()), float(x.max()))
+    return out
 
 
 def encode_consts(model: ir.ModelIR, info: TableInfo) -> Consts:

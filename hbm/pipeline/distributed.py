@@ -40,7 +40,7 @@ from hbm.data.table import TableInfo
 from hbm.pipeline.compiled import CompiledModel, nonlinear_compiled, with_centring, with_whitening
 from hbm.data.devices import data_mesh, place, resolve_devices
 from hbm.data.arrays import Consts
-from hbm.data.encode import encode, encode_consts
+from hbm.data.encode import column_ranges, encode, encode_consts
 from hbm.data.layout import build_rows, plan_layout
 from hbm.lowering.model import make_model
 from hbm.frontend.parse import parse_formula, parse_nonlinear
@@ -171,6 +171,7 @@ def compile_file(spec, path: str | Path, layout: str | None = None):
     local = pf.read_row_groups(share[me]).to_pandas()
     info = SharedLevels(local, formula.source, whole)
     rows, _, enc = encode(model_ir, info)
+    enc = replace(enc, ranges=column_ranges(model_ir, whole))   # the whole file's, as one process has them
     consts = with_whitening(encode_consts(model_ir, whole), model_ir, whole)
 
     n = len(whole.df)

@@ -27,6 +27,7 @@ from hbm.results.diagnostics import sampler_check
 from hbm.results.diagnostics import SAMPLER_ESS, SAMPLER_RHAT
 from hbm.results.diagnostics import summary_columns
 from hbm.results.curves import curve_files
+from hbm.pipeline.effects import effect_files
 from hbm.pipeline.predict import run_files
 from hbm.io.rundir import save_fit
 from hbm.pipeline.predict import Predictor
@@ -84,7 +85,7 @@ class FitResult:
         """Write the run directory (never over an existing run unless ``overwrite``)."""
         return save_fit(run_dir, self.to_arviz(), self.summary(), self.model.spec.to_dict(),
                         self.fit_info(), self.engine.loss, overwrite=overwrite,
-                        extra={**run_files(self), **curve_files(self)})
+                        extra={**run_files(self), **curve_files(self), **effect_files(self)})
 
     def predict(self, table, what: str = "response", seed: int = 0, draws: bool = False):
         """Posterior predictions for new rows (see :mod:`hbm.pipeline.predict`): per row mean, sd, q5, q50,

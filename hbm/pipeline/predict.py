@@ -10,7 +10,9 @@ fit's means and standard deviations, and a factor's levels must be the fit's.
 Nothing is refitted. Each posterior draw gives the linear predictor of every row;
 ``what`` picks what is summarised: ``"response"`` (a draw of y per posterior
 draw: the posterior predictive), ``"mean"`` (the family's mean, E[y]) or ``"eta"``
-(the linear predictor).
+(the linear predictor). ``groups`` picks the group-level effects that enter: all (the
+default), none (``False``: the population-level prediction, what ``hbm effects`` draws),
+or the plates named.
 
 A level of a grouping factor that the fit never saw is drawn from its
 population, once per posterior draw: the deviations of a group block from
@@ -255,6 +257,7 @@ def encoding_to_dict(enc: Encoding, parents: dict | None = None) -> dict:
     return {"labels": {k: list(v) for k, v in enc.labels.items()},
             "stats": {k: list(v) for k, v in enc.stats.items()},
             "factor_levels": {k: list(v) for k, v in enc.factor_levels.items()},
+            "ranges": {k: list(v) for k, v in enc.ranges.items()},
             "parents": {k: np.asarray(v).astype(int).tolist() for k, v in (parents or {}).items()}}
 
 
@@ -271,7 +274,8 @@ def _encoding_from_dict(e: dict) -> tuple[Encoding, dict[str, np.ndarray]]:
         return v
     enc = Encoding({k: list(v) for k, v in table("labels").items()},
                    {k: tuple(v) for k, v in table("stats").items()},
-                   {k: list(v) for k, v in table("factor_levels").items()})
+                   {k: list(v) for k, v in table("factor_levels").items()},
+                   {k: tuple(float(x) for x in v) for k, v in table("ranges", required=False).items()})
     return enc, {k: np.asarray(v, np.int64) for k, v in table("parents", required=False).items()}
 
 
@@ -361,11 +365,13 @@ class Predictor:
         return next(iter(self.draws.values())).shape[0]
 
     # ---- encoding new rows
-    def _codes(self, info: TableInfo) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-        """Per plate: each row's level index (the fit's, or ``size + j`` for the j-th new level) and
-        the new levels' labels."""
+    def _codes(self, info: TableInfo, needed) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+        """Per plate in ``needed``: each row's level index (the fit's, or ``size + j`` for the j-th new
+        level) and the new levels' labels."""
         codes, new = {}, {}
         for p in self.ir.plates:
+            if p.name not in needed:
+                continue
             row_codes, labels = info.levels(p.columns)
             known = {lab: i for i, lab in enumerate(self.encoding.labels[p.name])}
             fresh = [lab for lab in labels if lab not in known]
@@ -387,12 +393,37 @@ class Predictor:
                                     "model the column as a grouping factor, e.g. (1 | " + col + ")")
 
     # ---- group values, seen and new
-    def _block_tables(self, m: ir.ModelIR, codes, new, rng) -> dict[str, dict[tuple[str, int], np.ndarray]]:
-        """(block site, column) -> deviations (draws, size + new) for every block of ``m``."""
+    def _kept_plates(self, groups) -> tuple[frozenset, frozenset]:
+        """(the plates whose group-level values enter, the plates whose columns the rows need) for
+        ``predict(groups=...)``: a chain needs its plates from the outermost down to the innermost kept one."""
+        names = [p.name for p in self.ir.plates]
+        if groups is True:
+            keep = frozenset(names)
+        elif groups is False or groups is None:
+            keep = frozenset()
+        else:
+            keep = frozenset([groups] if isinstance(groups, str) else groups)
+            unknown = sorted(keep - set(names))
+            if unknown:
+                raise HbmError(f"'{unknown[0]}' is not a grouping factor of the model",
+                               hint=(did_you_mean(unknown[0], names) or "")
+                               + f" the grouping factors are: {', '.join(names) or 'none'}")
+        needed = set(keep)
+        for m in _linear_parts(self.ir):
+            for c in m.chains:
+                kept = [k for k, p in enumerate(c.plates) if p in keep]
+                if kept:
+                    needed.update(c.plates[kept[0]:])
+        return keep, frozenset(needed)
+
+    def _block_tables(self, m: ir.ModelIR, codes, new, rng, keep) -> dict[str, dict[tuple[str, int], np.ndarray]]:
+        """(block site, column) -> deviations (draws, size + new) for every block of ``m`` on a kept plate."""
         pop = {t.name: t for t in m.population}
         out: dict[tuple[str, int], np.ndarray] = {}
         S = self.n_draws
         for b in m.groups:
+            if b.plate not in keep:
+                continue
             K = len(b.columns)
             devs = []
             for col in b.columns:
@@ -419,14 +450,21 @@ class Predictor:
                 out[(b.site, k)] = d
         return out
 
-    def _chain_tables(self, m: ir.ModelIR, codes, new, rng) -> dict[str, np.ndarray]:
-        """Chain site of the innermost plate -> values (draws, size + new), for every chain of ``m``."""
+    def _chain_tables(self, m: ir.ModelIR, codes, new, rng, keep) -> dict[str, tuple[np.ndarray, str | None]]:
+        """Chain site of the innermost plate -> (values (draws, size + new), their plate) for every chain
+        of ``m``: the values at its innermost kept plate, or (its population coefficient (draws, 1), None)
+        where no plate of it is kept (a chain drawn around 0: absent)."""
         out = {}
         S = self.n_draws
         for c in m.chains:
             above = self._get(c.top)[:, None] if c.top else np.zeros((S, 1))
+            kept = [k for k, p in enumerate(c.plates) if p in keep]
+            if not kept:
+                if c.top:
+                    out[c.site(c.plates[0])] = (above, None)
+                continue
             above_codes = None   # each row's level in the plate above (None: the population)
-            for k in reversed(range(len(c.plates))):
+            for k in reversed(range(kept[0], len(c.plates))):
                 plate = c.plates[k]
                 known = self._get(c.term, (plate,))
                 fresh_labels = new[plate]
@@ -444,7 +482,7 @@ class Predictor:
                     sd = self._get(c.sd_name(k))[:, None]
                     known = np.concatenate([known, loc + sd * rng.standard_normal(loc.shape)], axis=1)
                 above, above_codes = known, row
-            out[c.site(c.plates[0])] = above
+            out[c.site(c.plates[0])] = (above, c.plates[kept[0]])
         return out
 
     def _check_parents(self, c: ir.Chain, k: int, row, above_codes, G: int) -> None:
@@ -474,9 +512,14 @@ class Predictor:
 
     # ---- predicting
     def predict(self, table, *, what: str = "response", seed: int = 0, draws: bool = False,
-                max_draws: int | None = None):
+                max_draws: int | None = None, groups=True):
         """Summaries per row (a DataFrame: mean, sd, q5, q50, q95, new_levels), or with
-        ``draws=True`` the draws themselves, an array (rows, draws)."""
+        ``draws=True`` the draws themselves, an array (rows, draws).
+
+        ``groups``: the group-level values that enter. True: all (the default). False: none, the
+        population-level prediction (brms's ``re_formula = NA``): group deviations at zero, a chain at its
+        population coefficient, no grouping columns needed. Plate names: those plates' values only (a
+        chain's at its innermost named plate; the table needs the columns of its plates from there out)."""
         if what not in WHAT:
             raise HbmError(f"unknown prediction '{what}'", hint=(did_you_mean(what, WHAT) or "")
                            + f" choose one of {', '.join(WHAT)}")
@@ -485,7 +528,8 @@ class Predictor:
         self._check_factors(info)
         m = self.ir
         rng = np.random.default_rng(seed)
-        codes, new = self._codes(info)
+        keep, needed = self._kept_plates(groups)
+        codes, new = self._codes(info, needed)
 
         S = self.n_draws
         sel = None
@@ -494,9 +538,9 @@ class Predictor:
         pick = (lambda a: a) if sel is None else (lambda a: a[sel])
         n_draws = S if sel is None else len(sel)
         if isinstance(m, NonlinearIR):
-            predictor = self._nonlinear(m, info, codes, new, rng, pick, n_draws)
+            predictor = self._nonlinear(m, info, codes, new, rng, pick, n_draws, keep)
         else:
-            predictor = self._linear(m, info, codes, new, rng, pick, n_draws)
+            predictor = self._linear(m, info, codes, new, rng, pick, n_draws, keep)
         aux = {p.name: pick(self._get(p.name)) for p in m.family.params}
         extra = self._extra(info)
 
@@ -525,10 +569,11 @@ class Predictor:
         res["new_levels"] = _new_level_names(m, codes, n)
         return res
 
-    def _linear(self, m: ir.ModelIR, info: TableInfo, codes, new, rng, pick, n_draws: int):
-        """The linear predictor of ``m``: a function of a slice of the rows giving (draws, rows)."""
-        blocks = self._block_tables(m, codes, new, rng)
-        chains = self._chain_tables(m, codes, new, rng)
+    def _linear(self, m: ir.ModelIR, info: TableInfo, codes, new, rng, pick, n_draws: int, keep):
+        """The linear predictor of ``m`` with the group-level values of the plates in ``keep``: a function of
+        a slice of the rows giving (draws, rows)."""
+        blocks = self._block_tables(m, codes, new, rng, keep)
+        chains = self._chain_tables(m, codes, new, rng, keep)
         intercept, coefs = None, []
         for t in m.population:
             if t.in_chain:
@@ -545,9 +590,15 @@ class Predictor:
         terms = []  # (values (S, levels), row codes, multiplier per row or None)
         for plate, effs in plate_effects(m).items():
             for e in effs:
-                vals = chains[e.owner] if e.owner in chains else blocks[(e.owner, e.index)]
+                if e.owner in chains:
+                    vals, at = chains[e.owner]
+                    idx = codes[at] if at is not None else np.zeros(info.n, np.int64)
+                elif (e.owner, e.index) in blocks:
+                    vals, idx = blocks[(e.owner, e.index)], codes[plate]
+                else:
+                    continue     # a plate left out (groups=...), or a chain around 0 with none of its plates
                 mult = None if e.column.is_intercept else column_values(e.column, info)
-                terms.append((pick(vals), codes[plate], mult))
+                terms.append((pick(vals), idx, mult))
 
         def eta_of(rows: slice) -> np.ndarray:
             eta = np.zeros((n_draws, rows.stop - rows.start))
@@ -563,7 +614,7 @@ class Predictor:
             return eta
         return eta_of
 
-    def _nonlinear(self, nl: NonlinearIR, info: TableInfo, codes, new, rng, pick, n_draws: int):
+    def _nonlinear(self, nl: NonlinearIR, info: TableInfo, codes, new, rng, pick, n_draws: int, keep):
         """The expression of a non-linear IR (link scale): each parameter's value from its formula's
         linear predictor (:meth:`_linear`) and its bound, the data leaves of the new rows, and the
         limits where those are infinite. A function of a slice of the rows giving (draws, rows)."""
@@ -573,7 +624,7 @@ class Predictor:
                 v = pick(self._get(p.name)).astype(np.float64)[:, None]
                 parts[p.name] = (lambda rows, v=v: v)
                 continue
-            lin = self._linear(p.model, info.view(f"{p.name} ~ {p.formula}"), codes, new, rng, pick, n_draws)
+            lin = self._linear(p.model, info.view(f"{p.name} ~ {p.formula}"), codes, new, rng, pick, n_draws, keep)
             bound = _NP_BOUNDS.get(p.bound)
             parts[p.name] = lin if bound is None else (lambda rows, lin=lin, bound=bound: bound(lin(rows)))
         leaves, limits = data_leaves(nl, info)
@@ -612,6 +663,11 @@ class Predictor:
         return np.asarray(d.mean if what == "mean" else d.sample(key), np.float64)
 
 
+def _linear_parts(m) -> list[ir.ModelIR]:
+    """The linear IRs of a model: itself, or a non-linear formula's parameters' formulas."""
+    return [p.model for p in m.params if not p.direct] if isinstance(m, NonlinearIR) else [m]
+
+
 def _cholesky(cor: np.ndarray) -> np.ndarray:
     """Cholesky factors of correlation matrices rebuilt from rounded draws (a little jitter if needed)."""
     eye = np.eye(cor.shape[-1])
@@ -625,7 +681,7 @@ def _cholesky(cor: np.ndarray) -> np.ndarray:
 
 
 def _new_level_names(m, codes: dict[str, np.ndarray], n: int) -> list[str]:
-    flags = [(p.name, codes[p.name] >= p.size) for p in m.plates]
+    flags = [(p.name, codes[p.name] >= p.size) for p in m.plates if p.name in codes]
     names = [[] for _ in range(n)]
     for name, flag in flags:
         for i in np.flatnonzero(flag):
