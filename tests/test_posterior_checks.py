@@ -22,7 +22,7 @@ from hbm.results.summary import load_netcdf
 from hbm.spec import load_spec
 
 N, G = 120, 8
-SVI = {"engine": "svi", "steps": 250, "draws": 100, "tolerance": 0, "optimizer": "adam(lr=0.05)"}
+SVI = {"engine": "svi", "guide": "normal", "steps": 100, "draws": 100, "tolerance": 0, "optimizer": "adam(lr=0.05)"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -113,12 +113,14 @@ def test_the_limits_decide_what_is_written(runs, monkeypatch):
     assert pointwise.plan(yes, 4, 200_000)["log_likelihood"]["written"]
     # more rows than the predictive group keeps: a sorted random subset, the picture says so
     monkeypatch.setattr(pointwise, "PPC_MAX_ROWS", 50)
-    latent = runs["grouped_result"].engine.samples
-    y, within, rows = pointwise.predictive_draws(model, latent, seed=0)
-    assert y.shape == (1, 100, 50) and (np.diff(rows) > 0).all() and rows.max() < N
-    np.testing.assert_array_equal(within, np.arange(100))     # 100 draws: every one
-    groups, plan = pointwise.pointwise_groups(model, latent, 0, "obs")
-    assert plan["posterior_predictive"]["rows"] == 50
+    no = dataclasses.replace(model, spec=dataclasses.replace(
+        model.spec, outputs=dataclasses.replace(model.spec.outputs, log_likelihood="no")))
+    groups, plan = pointwise.pointwise_groups(no, runs["grouped_result"].engine.samples, 0, "obs")
+    assert list(groups) == ["posterior_predictive"] and plan["posterior_predictive"]["rows"] == 50
+    pp = groups["posterior_predictive"]
+    rows = pp["obs"].values
+    assert pp["y"].shape == (1, 100, 50) and (np.diff(rows) > 0).all() and rows.max() < N
+    np.testing.assert_array_equal(pp["draw"].values, np.arange(100))     # 100 draws: every one
     idata = az.InferenceData(observed_data=load_netcdf(runs["grouped"] / "posterior.nc").observed_data,
                              posterior_predictive=groups["posterior_predictive"])
     np.testing.assert_array_equal(idata.posterior_predictive["g"].values.astype(str),

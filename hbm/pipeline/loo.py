@@ -22,6 +22,7 @@ import pandas as pd
 from hbm.errors import HbmError
 from hbm.io.rundir import load_run, write_run
 from hbm.pipeline.compare import output_dir as compare_output_dir
+from hbm.results.pointwise import LOG_LIKELIHOOD_MAX_VALUES
 
 MIN_DRAWS = 20   # fewer posterior draws than this give no Pareto fit (a MAP fit has one)
 WORST_ROWS = 5   # the rows with the largest k named in a warning
@@ -66,11 +67,15 @@ def loo_run(path, label: str | None = None) -> RunLoo:
     engine = str(rec.fit_info.get("engine") or (rec.spec.get("inference") or {}).get("engine") or "?")
     if "log_likelihood" not in idata.groups():
         plan = (rec.fit_info.get("outputs") or {}).get("log_likelihood") or {}
-        why = plan.get("reason") or "it was written by an hbm that did not save one"
+        why = plan.get("reason")
+        hint = ("fit it again with --set outputs.log_likelihood=yes (hbm fit SPEC DATA --set "
+                "outputs.log_likelihood=yes)")
+        if why is None:
+            why = "it was written by an hbm that did not save one"
+            hint = (f"fit it again (hbm fit SPEC DATA): a run now holds one up to {LOG_LIKELIHOOD_MAX_VALUES:,} "
+                    "draws x rows, and beyond with --set outputs.log_likelihood=yes")
         raise HbmError(f"run {rec.path} has no log_likelihood group ({why}), which loo needs",
-                       where=str(rec.path / "posterior.nc"),
-                       hint="fit it again with --set outputs.log_likelihood=yes (hbm fit SPEC DATA --set "
-                            "outputs.log_likelihood=yes)")
+                       where=str(rec.path / "posterior.nc"), hint=hint)
     ll = idata.log_likelihood
     draws = int(ll.sizes.get("chain", 1) * ll.sizes.get("draw", 1))
     if draws < MIN_DRAWS:

@@ -8,7 +8,7 @@ Both come from the model's own lowering, run on the compiled model's flat rows i
   per draw and row, float32, computed ``CHUNK_VALUES`` numbers at a time. ``outputs.log_likelihood``
   says whether it is written: ``yes``, ``no``, or ``auto`` (the default): when draws x rows is at most
   ``LOG_LIKELIHOOD_MAX_VALUES``; fit.json says why when it is not;
-* ``posterior_predictive``: ``mode="simulate"`` (the family's distribution at each row), at most
+* ``posterior_predictive``: the family's distribution at each row (as ``mode="simulate"``), at most
   ``PPC_MAX_DRAWS`` draws (evenly spaced over each chain) of at most ``PPC_MAX_ROWS`` rows (a random
   subset, kept in data order, when there are more). Coordinates: the row dim holds each row's number
   in the data (0-based), and each grouping factor its level at every row (``hbm ppc --group``).
@@ -22,7 +22,7 @@ import numpy as np
 
 from hbm.data.arrays import NonlinearRows, n_rows
 from hbm.data.layout import nonlinear_codes
-from hbm.lowering.model import POINTWISE_SITE
+from hbm.lowering.model import ETA_SITE, POINTWISE_SITE
 from hbm.vocabulary.families import FAMILIES
 
 LOG_LIKELIHOOD_MAX_VALUES = 50_000_000   # auto: draws x rows up to this (200 MB of float32)
@@ -82,29 +82,31 @@ def data_rows(model):
     return rows, model.consts
 
 
-def per_draw(model_fn, rows, consts, flat_latent: dict, mode: str, site: str, seed: int, chunk: int) -> np.ndarray:
-    """The site ``site`` of ``model_fn(rows, consts, mode=mode)`` at each draw of ``flat_latent``
-    (latent site -> (draws, ...)), ``chunk`` draws at a time, one compilation for all."""
+def per_draw(model_fn, rows, consts, flat_latent: dict, sites: list[str], chunk: int) -> dict:
+    """The deterministic ``sites`` of ``model_fn(rows, consts, mode="pointwise")`` (and any sample site
+    named) at each draw of ``flat_latent`` (latent site -> (draws, ...)), ``chunk`` draws at a time,
+    one compilation for all."""
     import jax
     from numpyro.infer import Predictive
 
     def run(samples, key, rows_, consts_):
-        pred = Predictive(model_fn, posterior_samples=samples, return_sites=[site], parallel=True)
-        return pred(key, rows_, consts_, mode=mode)[site]
+        pred = Predictive(model_fn, posterior_samples=samples, return_sites=list(sites), parallel=True)
+        return pred(key, rows_, consts_, mode="pointwise")
 
     total = next(iter(flat_latent.values())).shape[0]
     chunk = max(1, min(chunk, total))
-    if chunk < total:    # several chunks: compiled once (one chunk runs as the summaries' draws do)
-        run = jax.jit(run)
-    key = jax.random.PRNGKey(seed)
-    out = []
+    run = jax.jit(run)   # one compilation: cheaper than running the model op by op, even once
+    key = jax.random.PRNGKey(0)
+    out: dict[str, list] = {s: [] for s in sites}
     for start in range(0, total, chunk):
         part = {k: np.asarray(v[start:start + chunk]) for k, v in flat_latent.items()}
         m = next(iter(part.values())).shape[0]
         if m < chunk:   # the last chunk padded with its last draw: the same shapes, no second compilation
             part = {k: np.concatenate([v, np.repeat(v[-1:], chunk - m, axis=0)]) for k, v in part.items()}
-        out.append(np.asarray(run(part, jax.random.fold_in(key, start), rows, consts))[:m])
-    return np.concatenate(out)
+        got = run(part, key, rows, consts)      # deterministic sites: the key is never used
+        for s in sites:
+            out[s].append(np.asarray(got[s])[:m])
+    return {s: np.concatenate(v) for s, v in out.items()}
 
 
 def _flat(latent: dict, chains_draws=None) -> dict:
@@ -115,20 +117,26 @@ def _flat(latent: dict, chains_draws=None) -> dict:
     return {k: v[chains_draws] for k, v in flat.items()}
 
 
-def log_likelihood_draws(model, latent: dict, seed: int = 0) -> np.ndarray:
+def log_likelihood_draws(model, latent: dict) -> np.ndarray:
     """Each row's log-likelihood at each draw, float32 (chains, draws, rows). ``latent``: the engine's
     latent site draws, (chains, draws, ...)."""
     c, d = _draw_shape(latent)
     rows, consts = data_rows(model)
     chunk = max(1, CHUNK_VALUES // max(model.n_rows, 1))
-    ll = per_draw(model.numpyro_model, rows, consts, _flat(latent), "pointwise", POINTWISE_SITE, seed, chunk)
+    ll = per_draw(model.numpyro_model, rows, consts, _flat(latent), [POINTWISE_SITE], chunk)[POINTWISE_SITE]
     return ll.astype(np.float32).reshape(c, d, -1)
 
 
 def predictive_draws(model, latent: dict, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(draws of the response, their draw numbers in each chain, row numbers): at most ``PPC_MAX_DRAWS``
     draws (evenly spaced in each chain) of at most ``PPC_MAX_ROWS`` rows (a random subset, in data
-    order, when there are more), as (chains, draws, rows); integers for a discrete family, else float32."""
+    order, when there are more), as (chains, draws, rows); integers for a discrete family, else float32.
+
+    Each draw's linear predictor and family parameters come from the model (``mode="pointwise"``), the
+    responses from the family's distribution of them (``FamilySpec.make``, as ``mode="simulate"`` and
+    ``hbm predict`` draw them), sampled at once for all draws: no random key per draw to compile."""
+    import jax
+    import jax.numpy as jnp
     c, d = _draw_shape(latent)
     per_chain = max(1, min(d, PPC_MAX_DRAWS // max(c, 1)))
     within = np.unique(np.linspace(0, d - 1, per_chain).round().astype(int))
@@ -139,8 +147,14 @@ def predictive_draws(model, latent: dict, seed: int = 0) -> tuple[np.ndarray, np
     rows, consts = data_rows(model)
     rows = take_rows(rows, sel) if len(sel) < n else rows
     chunk = max(1, CHUNK_VALUES // max(len(sel), 1))
-    y = per_draw(model.numpyro_model, rows, consts, _flat(latent, which), "simulate", "y", seed + 1, chunk)
-    dtype = np.int32 if is_discrete(model.ir.family.name) else np.float32
+    fam = model.ir.family
+    aux = [p.name for p in fam.params]
+    got = per_draw(model.numpyro_model, rows, consts, _flat(latent, which), [ETA_SITE, *aux], chunk)
+    dist = FAMILIES[fam.name].make(jnp.asarray(got[ETA_SITE], jnp.float32), fam.link,
+                                   {k: jnp.asarray(got[k], jnp.float32).reshape(-1, 1) for k in aux},
+                                   {k: jnp.asarray(v, jnp.float32) for k, v in rows.extra.items()})
+    y = np.asarray(dist.sample(jax.random.PRNGKey(seed + 1)))
+    dtype = np.int32 if is_discrete(fam.name) else np.float32
     return y.astype(dtype).reshape(c, len(within), -1), within, sel
 
 
@@ -166,7 +180,7 @@ def pointwise_groups(model, latent: dict, seed: int, row_dim: str) -> tuple[dict
     name = model.ir.response.column
     groups = {}
     if decided["log_likelihood"]["written"]:
-        ll = log_likelihood_draws(model, latent, seed)
+        ll = log_likelihood_draws(model, latent)
         groups["log_likelihood"] = xr.Dataset(
             {name: (("chain", "draw", row_dim), ll)}, coords={"chain": np.arange(c), "draw": np.arange(d)},
             attrs=make_attrs({"hbm_what": "each row's log-likelihood at each posterior draw"}))
