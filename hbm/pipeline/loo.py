@@ -104,7 +104,7 @@ def loo_runs(paths) -> LooReport:
         {"k_good": [r.k_counts()[0] for r in runs], "k_bad": [r.k_counts()[1] for r in runs],
          "k_very_bad": [r.k_counts()[2] for r in runs], "good_k": [float(r.elpd.good_k) for r in runs],
          "rows": [int(r.elpd.n_data_points) for r in runs], "draws": [int(r.elpd.n_samples) for r in runs],
-         "engine": [r.engine for r in runs], "path": [str(r.path) for r in runs]},
+         "engine": [r.engine for r in runs], "path": [str(r.path.resolve()) for r in runs]},
         index=pd.Index([r.label for r in runs], name="run"))
     if len(runs) == 1:
         e = runs[0].elpd
@@ -141,18 +141,22 @@ def _same_data(runs: list[RunLoo]) -> None:
 
 # ---------------------------------------------------------------- text
 
-def _warning(r: RunLoo) -> str | None:
+def _warning(r: RunLoo) -> list[str]:
+    """The warning, in words, when some rows' Pareto k is above ArviZ's threshold (else no lines)."""
     k = r.pareto_k
     good = float(r.elpd.good_k)
     bad = np.flatnonzero(k > good)
     if not bad.size:
-        return None
+        return []
     worst = bad[np.argsort(-k[bad])][:WORST_ROWS]
-    rows = ", ".join(f"{i} (k {k[i]:.2f})" for i in worst) + (", ..." if bad.size > WORST_ROWS else "")
-    return (f"warning: for {bad.size:,} of {k.size:,} rows the estimate is unreliable (Pareto k above "
-            f"{good:.2f}): leaving out one of these rows moves the posterior too far for importance sampling "
-            f"to follow, so elpd_loo may be too optimistic. Rows (from 0): {rows}. More draws help while k is "
-            "below 0.7; beyond, refit without those rows (exact leave-one-out) or use K-fold cross-validation")
+    rows = ", ".join(f"{i} (k {k[i]:.2f})" for i in worst)
+    more = f", and {bad.size - worst.size:,} more" if bad.size > worst.size else ""
+    return [f"warning: {bad.size:,} of {k.size:,} rows have Pareto k above {good:.2f}: for them the estimate is "
+            "unreliable (leaving one out moves the posterior too far for importance sampling to follow), so "
+            "elpd_loo may be too optimistic",
+            f"  worst rows (counting from 0): {rows}{more}",
+            "  more draws help while k is below 0.7 (--set inference.draws=...); beyond, refit without those "
+            "rows (exact leave-one-out) or use K-fold cross-validation"]
 
 
 def format_loo(report: LooReport) -> str:
@@ -167,9 +171,7 @@ def format_loo(report: LooReport) -> str:
                 f"p_loo {float(e.p_loo):.1f}; {int(e.n_data_points):,} rows, {int(e.n_samples):,} draws",
                 f"  Pareto k: {good:,} good (k <= {g:.2f}), {bad:,} bad ({g:.2f} < k <= 1), "
                 f"{very:,} very bad (k > 1)"]
-        w = _warning(r)
-        if w:
-            out.append("  " + w)
+        out += ["  " + line for line in _warning(r)]
     if len(report.runs) > 1:
         t = report.table
         head = ["run", "rank", "elpd_loo", "se", "p_loo", "elpd_diff", "dse", "weight"]
