@@ -32,7 +32,7 @@ def _data() -> pd.DataFrame:
     x = rng.normal(size=N)
     y = 1.0 + 0.5 * x + rng.normal(0, 0.8, G)[g] + rng.normal(0, 0.4, N)
     count = rng.poisson(np.exp(0.4 + 0.3 * x + rng.normal(0, 0.5, G)[g]))
-    return pd.DataFrame({"y": y, "x": x, "count": count, "g": [f"g{i}" for i in g]})
+    return pd.DataFrame({"y": y, "x": x, "count": count, "g": [f"g{i}" for i in g], "w": rng.uniform(0.5, 2, N)})
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def runs(tmp_path_factory):
     df = _data()
     out = {"dir": d, "df": df}
     for name, formula, family in (("grouped", "y ~ x + (1 | g)", "normal"), ("plain", "y ~ x", "normal"),
-                                  ("counts", "count ~ x + (1 | g)", "poisson")):
+                                  ("counts", "count | weights(w) ~ x + (1 | g)", "poisson")):
         model = hbm.compile({"name": name, "formula": formula, "family": family, "inference": SVI}, df)
         result = hbm.fit(model)
         out[name] = result.save(d / name)
@@ -75,13 +75,13 @@ def test_log_likelihood_is_each_rows_density_at_each_draw(runs):
     assert elpd == pytest.approx(az.loo(by_hand).elpd_loo, rel=1e-6)
 
 
-def test_poisson_log_likelihood_includes_the_constant(runs):
-    """Poisson fits keep -lgamma(y + 1) aside (rows.lp0); the group has it back."""
+def test_poisson_log_likelihood_includes_the_constant_and_the_weights(runs):
+    """Poisson fits keep -lgamma(y + 1) aside (rows.lp0); the group has it back, weighted as the fit's."""
     df = runs["df"]
     idata = load_netcdf(runs["counts"] / "posterior.nc")
     post = idata.posterior
     eta = post["Intercept[g]"].values[..., _group_index(post, df)] + post["x"].values[..., None] * df["x"].values
-    hand = stats.poisson.logpmf(df["count"].values, np.exp(eta))
+    hand = df["w"].values * stats.poisson.logpmf(df["count"].values, np.exp(eta))
     np.testing.assert_allclose(idata.log_likelihood["count"].values, hand, rtol=1e-5, atol=5e-5)
 
 

@@ -151,11 +151,13 @@ def _warning(r: RunLoo) -> list[str]:
     worst = bad[np.argsort(-k[bad])][:WORST_ROWS]
     rows = ", ".join(f"{i} (k {k[i]:.2f})" for i in worst)
     more = f", and {bad.size - worst.size:,} more" if bad.size > worst.size else ""
-    return [f"warning: {bad.size:,} of {k.size:,} rows have Pareto k above {good:.2f}: for them the estimate is "
+    more_draws = "inference.samples" if r.engine == "nuts" else "inference.draws"
+    return [f"warning: {bad.size:,} of {k.size:,} rows {'has' if bad.size == 1 else 'have'} Pareto k above "
+            f"{good:.2f}: for {'it' if bad.size == 1 else 'them'} the estimate is "
             "unreliable (leaving one out moves the posterior too far for importance sampling to follow), so "
             "elpd_loo may be too optimistic",
             f"  worst rows (counting from 0): {rows}{more}",
-            "  more draws help while k is below 0.7 (--set inference.draws=...); beyond, refit without those "
+            f"  more draws help while k is below 0.7 (--set {more_draws}=...); beyond, refit without those "
             "rows (exact leave-one-out) or use K-fold cross-validation"]
 
 
