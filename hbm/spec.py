@@ -75,6 +75,16 @@ class SimulateSpec:
     params: tuple[tuple[str, float], ...] = ()   # true parameter values by name
 
 
+LOG_LIKELIHOOD_CHOICES = ("auto", "yes", "no")
+
+
+@dataclass(frozen=True, slots=True)
+class OutputsSpec:
+    """What the run directory holds beside the posterior (``outputs:``)."""
+
+    log_likelihood: str = "auto"   # auto (up to hbm.results.pointwise.LOG_LIKELIHOOD_MAX_VALUES) | yes | no
+
+
 @dataclass(frozen=True, slots=True)
 class Spec:
     """A whole model spec. Build it with :func:`load_spec`; every field but ``formula`` has a default."""
@@ -89,6 +99,7 @@ class Spec:
     devices: int | str = "auto"
     batch_size: int | None = None
     noncentered: bool = True
+    outputs: OutputsSpec = OutputsSpec()
     params: tuple[tuple[str, str], ...] = ()   # non-linear formulas: parameter -> its linear formula
     bounds: tuple[tuple[str, str], ...] = ()   # non-linear parameter -> real | positive | unit
     source_path: str | None = field(default=None, compare=False)
@@ -108,6 +119,7 @@ class Spec:
             "priors": {k: v.value if isinstance(v, Fixed) else str(v) for k, v in self.priors},
             "data": self.data, "simulate": sim, "inference": inf, "devices": self.devices,
             "batch_size": self.batch_size, "noncentered": self.noncentered,
+            "outputs": {f.name: getattr(self.outputs, f.name) for f in fields(OutputsSpec)},
         }
 
     def with_overrides(self, pairs: list[str]) -> "Spec":
@@ -418,9 +430,20 @@ _INFERENCE = {
     "checkpoint_seconds": _optional(_real("a positive number of seconds", lambda x: x > 0)), "options": None,
 }
 _SIMULATE = {"rows": _integer(), "seed": _integer(0, 2**32 - 1), "columns": None, "params": None}
+
+
+def _yes_no_auto(v):
+    """auto | yes | no; YAML's booleans (``yes`` unquoted is true) count as yes and no."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return _choice(LOG_LIKELIHOOD_CHOICES, {"true": "yes", "false": "no", "on": "yes", "off": "no"})(v)
+
+
+_OUTPUTS = {"log_likelihood": _yes_no_auto}
 _TOP = ("formula", "name", "family", "priors", "data", "simulate", "inference", "devices",
-        "batch_size", "noncentered", "params", "bounds")
-_ALL_KEYS = list(_TOP) + [f"inference.{k}" for k in _INFERENCE] + [f"simulate.{k}" for k in _SIMULATE]
+        "batch_size", "noncentered", "outputs", "params", "bounds")
+_ALL_KEYS = list(_TOP) + [f"inference.{k}" for k in _INFERENCE] + [f"simulate.{k}" for k in _SIMULATE] \
+    + [f"outputs.{k}" for k in _OUTPUTS]
 
 
 class _Builder:
@@ -519,9 +542,16 @@ class _Builder:
                 bounds.append((k, b))
         simulate = None if d.get("simulate") is None else self.simulate(d["simulate"])
         inference = self.inference(d.get("inference"))
+        outputs = self.outputs(d.get("outputs"))
         self.probs.raise_if_any()
         return Spec(formula=formula, priors=tuple(priors), params=tuple(params), bounds=tuple(bounds),
-                    simulate=simulate, inference=inference, source_path=source_path, **kw)
+                    simulate=simulate, inference=inference, outputs=outputs, source_path=source_path, **kw)
+
+    def outputs(self, raw) -> OutputsSpec:
+        d = self.section(raw, "outputs")
+        self.unknown(d, _OUTPUTS, "outputs.")
+        dflt = OutputsSpec()
+        return OutputsSpec(**{k: self.take(d, k, c, getattr(dflt, k), "outputs.") for k, c in _OUTPUTS.items()})
 
     def simulate(self, raw) -> SimulateSpec:
         d = self.section(raw, "simulate")

@@ -92,7 +92,12 @@ def test_two_processes_match_one(tmp_path):
         assert "\nsvi: 60 steps, stopped: max_steps\n" in out
         verdict = run.fit_info["diagnostics"]["verdict"]
         assert verdict.startswith("Pareto k-hat") and f"\n{verdict}\n" in out
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    # the same files, but the per-row groups and their picture (each process holds a share of the rows)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "one").iterdir() if p.name != "ppc.png")
+    assert {"log_likelihood", "posterior_predictive"} <= set(one.idata().groups())
+    assert not {"log_likelihood", "posterior_predictive"} & set(two.idata().groups())
+    assert "distributed" in two.fit_info["outputs"]["log_likelihood"]["reason"]
     assert not list(tmp_path.glob("*.partial"))
     assert two.fit_info["devices"]["count"] == 4 and two.fit_info["data"]["rows"] == len(df)
     np.testing.assert_allclose(two.loss(), one.loss(), rtol=2e-4)

@@ -41,8 +41,8 @@ inference:
   draws: 30
   optimizer: adam(lr=0.05)
 """
-RUN_FILES = ("effects.png", "encoding.json", "fit.json", "loss.png", "model.json", "posterior.nc", "spec.yaml",
-             "summary.csv")
+RUN_FILES = ("effects.png", "encoding.json", "fit.json", "loss.png", "model.json", "posterior.nc", "ppc.png",
+             "spec.yaml", "summary.csv")
 PARTIAL_FILES = ["lock", "loss.f64", "resume.json", "spec.yaml", "svi.npz"]
 NO_SPACE = os.strerror(errno.ENOSPC)
 

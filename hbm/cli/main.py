@@ -1,4 +1,5 @@
-"""The ``hbm`` command line: fit (and fit --resume), check, show, predict, compare, effects, contrast, simulate.
+"""The ``hbm`` command line: fit (and fit --resume), check, show, predict, compare, effects, contrast, simulate;
+loo and ppc (``hbm/cli/post.py``).
 
 Every bad input ends in a message and exit status 2, never a traceback.
 """
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from hbm.cli import post
 from hbm.errors import HbmError, os_error
 from hbm.cli import effects as effects_cli
 
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--rows", type=int)
     m.add_argument("--seed", type=int)
     m.add_argument("--out", required=True)
+    post.add_parsers(sub)   # loo, ppc
     return p
 
 
@@ -105,6 +108,8 @@ def _boundary(argv) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "fit" and args.resume:
             return cmd_resume(args)
+        if getattr(args, "command_fn", None) is not None:   # commands of other modules (cli/post.py)
+            return args.command_fn(args)
         return {"fit": cmd_fit, "check": cmd_check, "show": cmd_show, "predict": cmd_predict,
                 "compare": cmd_compare, "simulate": cmd_simulate,
                 "effects": effects_cli.cmd_effects, "contrast": effects_cli.cmd_contrast}[args.command](args)
@@ -360,7 +365,7 @@ def cmd_resume(args) -> int:
 
 
 RESUMABLE = ("inference.steps", "inference.optimizer", "inference.tolerance", "inference.draws",
-             "inference.checkpoint_every", "inference.checkpoint_seconds", "devices")
+             "inference.checkpoint_every", "inference.checkpoint_seconds", "devices", "outputs.log_likelihood")
 
 
 def _resume_overrides(spec, overrides: list[str]):
@@ -499,6 +504,8 @@ def _fit_report_save(args, spec, model, run_dir, compile_s, table, ckpt, part, w
     if part is not None:
         remove_partial(part)
     print(f"results written to {path}")
+    for line in post.fit_notes(result):
+        print(line)
     return 0
 
 

@@ -128,6 +128,31 @@ def check_writable(path: Path | str, where: str = "--out", parent_exists: bool =
         raise os_error(e, "cannot write", path) from None
 
 
+def output_dir(default: Path, out=None) -> Path:
+    """Where a command that reads runs (compare, loo, effects, contrast) writes its new directory,
+    checked before the work: ``out`` (``--out``: new, or an empty directory), else ``default`` (``-2``,
+    ``-3``, ... when taken). Never inside a run directory, never over earlier files."""
+    if out is not None:
+        d = Path(out)
+        if d.exists() and not d.is_dir():
+            raise HbmError(f"--out {d} is a file; give a new directory", where="--out")
+        if d.is_dir() and any(d.iterdir()):
+            raise HbmError(f"--out {d} exists and is not empty; hbm never writes over earlier files",
+                           where="--out", hint="choose a new directory, or leave out --out")
+    else:
+        d, n = Path(default), 1
+        while d.exists() or d.is_symlink():
+            n += 1
+            d = Path(default).with_name(f"{Path(default).name}-{n}")
+    run = next((q for q in [d.absolute(), *d.absolute().parents]
+                if all((q / f).is_file() for f in ("fit.json", "posterior.nc"))), None)
+    if run is not None:
+        raise HbmError(f"--out {d} is inside the run directory {run}; hbm never changes a finished run",
+                       where="--out", hint="choose a directory outside it, or leave out --out")
+    check_writable(d)
+    return d
+
+
 def free_space_check(path: Path | str, need: int) -> None:
     """Refuse to start writing ``need`` bytes under ``path`` when the disk has less free (a full disk
     found halfway through a NetCDF file is worse: HDF5 fails in its own finalisers)."""

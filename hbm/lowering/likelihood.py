@@ -120,6 +120,14 @@ class Likelihood:
             ll = jnp.where(rows.mask, ll, 0.0)
         return ll
 
+    def pointwise(self, params: dict, rows, consts: Consts | None = None) -> jnp.ndarray:
+        """Log-likelihood of every row of flat rows, its data-only constant included (``rows.lp0`` of a
+        flat layout is per row): what ``log_likelihood`` in posterior.nc holds."""
+        ll = self.rowwise(params, rows, consts)
+        if rows.lp0 is not None and self.fused is not None and self.fused.const is not None:
+            ll = ll + rows.lp0
+        return ll
+
     def local_total(self, params: dict, rows, consts: Consts | None = None) -> jnp.ndarray:
         s = jnp.sum(self.rowwise(params, rows, consts))
         if rows.lp0 is not None and self.fused is not None and self.fused.const is not None:

@@ -8,6 +8,8 @@ log-likelihood (``hbm.lowering.likelihood``). Non-centring is done with NumPyro'
     model(rows, consts)                  # fitting: the likelihood enters as one factor
     model(rows, consts, mode="simulate") # prior/posterior predictive: samples "y" per row
     model(rows, consts, mode="latent")   # parameters only, no likelihood (posterior summaries)
+    model(rows, consts, mode="pointwise") # flat rows: sites "<log_lik>" and "<eta>", each row's
+                                         # log-likelihood and linear predictor
     model(rows, consts, mode="eta")      # parameters, no likelihood; returns the linear predictor
     model(rows, consts, mode="params")   # parameters, no likelihood; returns them as the likelihood
                                          # takes them (a non-linear parameter's, hbm.lowering.nonlinear)
@@ -28,6 +30,11 @@ from hbm.vocabulary.families import FAMILIES
 from hbm.lowering.likelihood import Likelihood
 from hbm.frontend.priors import Fixed, Prior, to_distribution
 from hbm.lowering.whiten import SITE as WHITE_SITE, WhitenedPrior, block_members, prior_runs, shear_plan
+
+
+# mode="pointwise": deterministic sites of each row's log-likelihood and linear predictor (no formula
+# term can be named with angle brackets)
+POINTWISE_SITE, ETA_SITE = "<log_lik>", "<eta>"
 
 
 def sample_param(name: str, prior, support: str, shape: tuple = (), dim: int | None = None):
@@ -166,6 +173,9 @@ def make_model(model: ir.ModelIR, mesh=None) -> Callable:
                 numpyro.sample("y", family.make(eta, model.family.link, aux, rows.extra))
         elif mode == "fit":
             numpyro.factor("loglik", lik.total(params, rows, scale, consts))
+        elif mode == "pointwise":
+            numpyro.deterministic(ETA_SITE, lik.eta(params, rows, consts))
+            numpyro.deterministic(POINTWISE_SITE, lik.pointwise(params, rows, consts))
         elif mode == "eta":
             return lik.eta(params, rows, consts)
         elif mode == "params":

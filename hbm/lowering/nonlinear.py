@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpyro
 from hbm.vocabulary.families import FAMILIES
 from hbm.lowering.likelihood import NonlinearLikelihood
-from hbm.lowering.model import make_model, sample_param
+from hbm.lowering.model import ETA_SITE, POINTWISE_SITE, make_model, sample_param
 from hbm.ir.nonlinear import NonlinearIR
 
 
@@ -46,6 +46,10 @@ def make_nonlinear_model(model: NonlinearIR, mesh=None) -> Callable:
             return eta
         if mode == "fit":
             numpyro.factor("loglik", lik.total(params, rows, scale, consts))
+            return None
+        if mode == "pointwise":
+            numpyro.deterministic(ETA_SITE, lik.eta(params, rows, consts))
+            numpyro.deterministic(POINTWISE_SITE, lik.pointwise(params, rows, consts))
             return None
         return lik.eta(params, rows, consts)   # "eta": the expression
     return model_fn

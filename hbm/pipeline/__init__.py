@@ -1,5 +1,5 @@
 """What a user calls: ``compile`` (spec + table -> ``CompiledModel``), ``fit``, ``simulate``,
-``predict``, ``compare``, the subset check, and the multi-host ``distributed`` compile."""
+``predict``, ``compare``, ``loo``, the subset check, and the multi-host ``distributed`` compile."""
 from hbm.pipeline.compiled import CompiledModel, compile_table
 from hbm.pipeline.compile import compile
 from hbm.pipeline.fit import FitResult, fit

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from hbm.errors import HbmError
-from hbm.io.rundir import check_writable, load_run, write_run
+from hbm.io.rundir import load_run, write_run
+from hbm.io.rundir import output_dir as new_output_dir
 
 COLUMNS = ("mean_a", "mean_b", "sd_a", "sd_b", "shift", "width_ratio", "sd_ratio")
 
@@ -188,30 +189,10 @@ def format_comparison(cmp: Comparison, worst: int = 5) -> str:
 # ---------------------------------------------------------------- files
 
 def output_dir(run_a, run_b, out_dir=None) -> Path:
-    """Where a comparison goes, checked before the work: ``out_dir`` (new, or an empty directory), by
-    default ``compare-<A>-vs-<B>`` beside RUN_A (``-2``, ``-3``, ... when taken). Never inside a
-    run directory, never over an earlier comparison."""
-    if out_dir is not None:
-        d = Path(out_dir)
-        if d.exists() and not d.is_dir():
-            raise HbmError(f"--out {d} is a file; give a new directory", where="--out")
-        if d.is_dir() and any(d.iterdir()):
-            raise HbmError(f"--out {d} exists and is not empty; a comparison never writes over earlier files",
-                           where="--out", hint="choose a new directory, or leave out --out")
-    else:
-        a, b = Path(run_a).resolve(), Path(run_b).resolve()    # RUN_A may be "."
-        stem = a.parent / f"compare-{a.name}-vs-{b.name}"
-        d, n = stem, 1
-        while d.exists() or d.is_symlink():
-            n += 1
-            d = stem.with_name(f"{stem.name}-{n}")
-    run = next((q for q in d.absolute().parents if all((q / f).is_file() for f in ("fit.json", "posterior.nc"))),
-               None)
-    if run is not None:
-        raise HbmError(f"--out {d} is inside the run directory {run}; hbm never changes a finished run",
-                       where="--out", hint="choose a directory outside it, or leave out --out")
-    check_writable(d)
-    return d
+    """Where a comparison goes (:func:`hbm.io.rundir.output_dir`): ``out_dir``, by default
+    ``compare-<A>-vs-<B>`` beside RUN_A."""
+    a, b = Path(run_a).resolve(), Path(run_b).resolve()    # RUN_A may be "."
+    return new_output_dir(a.parent / f"compare-{a.name}-vs-{b.name}", out_dir)
 
 
 def write_comparison(cmp: Comparison, out_dir: Path | str) -> Path:

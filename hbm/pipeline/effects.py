@@ -39,7 +39,7 @@ import pandas as pd
 from hbm.errors import HbmError, closest
 from hbm.ir.columns import formula_columns
 from hbm.ir.nonlinear import NonlinearIR
-from hbm.io.rundir import check_writable, write_run
+from hbm.io.rundir import output_dir as new_output_dir, write_run
 from hbm.pipeline.predict import Predictor
 from hbm.results.effects_plot import MAX_BY_LEVELS, EffectPanel, plot_effects
 
@@ -431,30 +431,10 @@ def format_contrasts(con: Contrasts, max_rows: int = 40) -> str:
 # ---------------------------------------------------------------- files
 
 def output_dir(run, kind: str, name: str, out=None) -> Path:
-    """Where ``hbm effects`` / ``hbm contrast`` write, checked before the work: ``out`` (new, or an
-    empty directory), by default ``<run>-<kind>-<name>`` beside the run (``-2``, ... when taken).
-    Never inside a run directory, never over earlier files."""
-    if out is not None:
-        d = Path(out)
-        if d.exists() and not d.is_dir():
-            raise HbmError(f"--out {d} is a file; give a new directory", where="--out")
-        if d.is_dir() and any(d.iterdir()):
-            raise HbmError(f"--out {d} exists and is not empty; hbm never writes over earlier files",
-                           where="--out", hint="choose a new directory, or leave out --out")
-    else:
-        r = Path(run).resolve()
-        stem = r.parent / f"{r.name}-{kind}-{_slug(name)}"
-        d, n = stem, 1
-        while d.exists() or d.is_symlink():
-            n += 1
-            d = stem.with_name(f"{stem.name}-{n}")
-    run_above = next((q for q in [d.absolute(), *d.absolute().parents]
-                      if all((q / f).is_file() for f in ("fit.json", "posterior.nc"))), None)
-    if run_above is not None:
-        raise HbmError(f"--out {d} is inside the run directory {run_above}; hbm never changes a finished run",
-                       where="--out", hint="choose a directory outside it, or leave out --out")
-    check_writable(d)
-    return d
+    """Where ``hbm effects`` / ``hbm contrast`` write (:func:`hbm.io.rundir.output_dir`): ``out``, by
+    default ``<run>-<kind>-<name>`` beside the run."""
+    r = Path(run).resolve()
+    return new_output_dir(r.parent / f"{r.name}-{kind}-{_slug(name)}", out)
 
 
 def _slug(text: str) -> str:

@@ -31,6 +31,8 @@ from hbm.pipeline.effects import effect_files
 from hbm.pipeline.predict import run_files
 from hbm.io.rundir import save_fit
 from hbm.pipeline.predict import Predictor
+from hbm.results.pointwise import plan as pointwise_plan, pointwise_groups
+from hbm.results.ppc import ppc_files
 
 @dataclass
 class FitResult:
@@ -44,6 +46,7 @@ class FitResult:
     _summary: object = None
     diagnostics: dict | None = None   # PSIS of a variational fit (hbm/results/diagnostics.py)
     kind: str = "variational"         # the engine's declared kind: sampler | variational | optimizer
+    _pointwise: tuple | None = None   # (groups, plan) of hbm/results/pointwise.py, made once
 
     def summary(self):
         """One row per parameter element: mean, sd, quantiles and diagnostics (a DataFrame)."""
@@ -54,8 +57,26 @@ class FitResult:
     def to_arviz(self):
         """ArviZ InferenceData with named dims and the data's own level labels."""
         observed = {"y": self.model.response}
-        return to_inference_data(self.outputs, self.engine.sample_stats or None, self.engine.loss,
-                                 observed, {"formula": self.model.ir.formula, "engine": self.config.engine})
+        return self._with_pointwise(to_inference_data(
+            self.outputs, self.engine.sample_stats or None, self.engine.loss,
+            observed, {"formula": self.model.ir.formula, "engine": self.config.engine}))
+
+    def _with_pointwise(self, idata):
+        """``idata`` with the ``log_likelihood`` and ``posterior_predictive`` groups
+        (:mod:`hbm.results.pointwise`; computed on first use), on ``observed_data``'s row dim."""
+        if self._pointwise is None:
+            obs = next(iter(idata.observed_data.data_vars.values()))
+            self._pointwise = pointwise_groups(self.model, self.engine.samples, self.config.seed, obs.dims[0])
+        if self._pointwise[0]:
+            idata.add_groups(self._pointwise[0])
+        return idata
+
+    def outputs_plan(self) -> dict:
+        """fit.json's ``outputs``: whether ``log_likelihood`` is written (and why not), the
+        ``posterior_predictive`` group's draws and rows."""
+        if self._pointwise is not None:
+            return self._pointwise[1]
+        return pointwise_plan(self.model, *next(iter(self.engine.samples.values())).shape[:2])
 
     def fit_info(self) -> dict:
         """Everything ``fit.json`` records: timings, devices, versions, data, convergence."""
@@ -78,14 +99,16 @@ class FitResult:
                      "source": self.model.spec.data},
             "plates": {p.name: p.size for p in self.model.ir.plates},
             "convergence": _jsonable(self.engine.info),
+            "outputs": _jsonable(self.outputs_plan()),
             **({"diagnostics": _jsonable(self.diagnostics)} if self.diagnostics else {}),
         }
 
     def save(self, run_dir, overwrite: bool = False) -> Path:
         """Write the run directory (never over an existing run unless ``overwrite``)."""
-        return save_fit(run_dir, self.to_arviz(), self.summary(), self.model.spec.to_dict(),
+        idata = self.to_arviz()
+        return save_fit(run_dir, idata, self.summary(), self.model.spec.to_dict(),
                         self.fit_info(), self.engine.loss, overwrite=overwrite,
-                        extra={**run_files(self), **curve_files(self), **effect_files(self)})
+                        extra={**run_files(self), **curve_files(self), **effect_files(self), **ppc_files(idata)})
 
     def predict(self, table, what: str = "response", seed: int = 0, draws: bool = False):
         """Posterior predictions for new rows (see :mod:`hbm.pipeline.predict`): per row mean, sd, q5, q50,
