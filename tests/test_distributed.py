@@ -101,7 +101,7 @@ def test_two_processes_match_one(tmp_path):
     assert list(s1.index) == list(s2.index)
     np.testing.assert_allclose(s2["mean"].to_numpy(), s1["mean"].to_numpy(), rtol=1e-2, atol=1e-2)
     # the observed data are every row's response, in the file's order
-    obs = two.idata().observed_data["y"].values.reshape(-1)
+    obs = two.idata().observed_data["units"].values.reshape(-1)
     np.testing.assert_array_equal(obs, df["units"].to_numpy().astype(np.float32))
 
 
