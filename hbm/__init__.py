@@ -16,7 +16,13 @@ _WHERE = {"compile": "hbm.pipeline.compile", "fit": "hbm.pipeline.fit", "Compile
 __all__ = ["compile", "fit", "CompiledModel", "FitResult", "HbmError", "Spec", "load_spec"]
 
 
+_STAGES = ("errors", "vocabulary", "frontend", "spec", "ir", "data", "resolve", "lowering", "engines", "results",
+           "io", "pipeline", "cli")
+
+
 def __getattr__(name: str):
+    if name in _STAGES:                  # hbm.spec.load_spec after a bare `import hbm`
+        return import_module(f"hbm.{name}")
     if name not in _WHERE:
         raise AttributeError(f"module 'hbm' has no attribute {name!r}")
     value = getattr(import_module(_WHERE[name]), name)

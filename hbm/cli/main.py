@@ -481,7 +481,11 @@ def _fit_report_save(args, spec, model, run_dir, compile_s, table, ckpt, part, w
     from hbm.pipeline.fit import fit
     from hbm.results.diagnostics import report_lines
     from hbm.results.summary import format_summary
-    bar = None if args.quiet or not writer else ProgressBar(spec.inference.engine)
+    label = spec.inference.engine
+    if label == "auto" and not args.quiet and writer:
+        from hbm.pipeline.fit import choose_engine
+        label = choose_engine(model)[0]
+    bar = None if args.quiet or not writer else ProgressBar(label)
     try:
         result = fit(model, progress=bar, checkpoint=ckpt)
     except BaseException as e:

@@ -125,7 +125,8 @@ def ebfmi(energy) -> np.ndarray:
     """Per chain, the energy Bayesian fraction of missing information of the Hamiltonian at each draw
     (``energy``: chains x draws): the mean squared change between draws over the energy's variance."""
     e = np.asarray(energy, dtype=float)
-    return np.square(np.diff(e, axis=1)).mean(axis=1) / np.var(e, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.square(np.diff(e, axis=1)).mean(axis=1) / np.var(e, axis=1)
 
 
 def sampler_warnings(stats: dict | None, target_accept: float | None = None,
@@ -138,13 +139,13 @@ def sampler_warnings(stats: dict | None, target_accept: float | None = None,
         n = int(div.sum())
         if n:
             per = ", ".join(f"{int(k)}" for k in div.sum(axis=1))
-            raise_to = ("raise target_accept (now "
-                        f"{target_accept:g}: --set inference.target_accept=0.95, or 0.99), "
-                        if target_accept is not None and target_accept < 0.99 else "")
+            fixes = ["reparametrise: non-centred group-level effects (noncentered: true), predictors on a "
+                     "unit scale (scale(x)), tighter priors on the group-level sds"]
+            if target_accept is not None and target_accept < 0.99:
+                fixes.insert(0, f"raise target_accept (now {target_accept:g}; inference.target_accept: 0.95, "
+                                "or 0.99)")
             out.append(f"{n:,} of {div.size:,} draws diverged (per chain: {per}): the sampler met curvature "
-                       f"it cannot follow, so those regions are under-explored. Fix: {raise_to}or "
-                       "reparametrise: non-centred group-level effects (noncentered: true), predictors on "
-                       "a unit scale (scale(x)), tighter priors on the group-level sds.")
+                       f"it cannot follow, so those regions are under-explored. Fix: {', or '.join(fixes)}.")
     if "num_steps" in stats and max_tree_depth:
         hits = int((np.asarray(stats["num_steps"]) >= 2 ** int(max_tree_depth) - 1).sum())
         if hits:
@@ -153,7 +154,7 @@ def sampler_warnings(stats: dict | None, target_accept: float | None = None,
                        f"({2 ** int(max_tree_depth) - 1:,} leapfrog steps): the sampler stopped its "
                        f"trajectories early and mixes slowly. Fix: reparametrise (non-centred effects, "
                        f"scale(x) for predictors of very different scales), or raise max_tree_depth "
-                       f"(--set inference.max_tree_depth={int(max_tree_depth) + 2}).")
+                       f"(inference.max_tree_depth: {int(max_tree_depth) + 2}).")
     if "energy" in stats and np.asarray(stats["energy"]).shape[-1] > 2:
         low = [(c + 1, b) for c, b in enumerate(ebfmi(stats["energy"])) if np.isfinite(b) and b < EBFMI_LOW]
         if low:
@@ -161,7 +162,7 @@ def sampler_warnings(stats: dict | None, target_accept: float | None = None,
             out.append(f"low E-BFMI ({which}; below {EBFMI_LOW}): the momentum draws explore the energy "
                        "poorly, typically in heavy tails or a funnel. Fix: reparametrise (non-centred "
                        "group-level effects, tighter priors on the sds), or a longer warmup "
-                       "(--set inference.warmup=2000).")
+                       "(inference.warmup: 2000).")
     return out
 
 
