@@ -245,6 +245,10 @@ def test_verdicts_wrap_to_the_terminal(monkeypatch):
     lines = wrap(text).split("\n")
     assert len(lines) >= 3 and all(len(x) <= 59 for x in lines)
     assert all(x.startswith("    ") for x in lines[1:]) and " ".join(x.strip() for x in lines) == text
+    names = wrap("R-hat max 1.024, ESS min 75 bulk / 160 tail, 0 divergences: NOT trustworthy: R-hat 1.024 at "
+                 "sd(1 | g) (chains disagree: not converged)")
+    assert "sd(1 | g)" in names.replace("\n    ", " ") and all("sd(1 | g)" in x or "sd(" not in x
+                                                           for x in names.split("\n"))
 
 
 def test_python_save_names_the_python_argument(data, tmp_path):
@@ -262,8 +266,7 @@ def test_python_save_names_the_python_argument(data, tmp_path):
 def test_loss_plot_says_why_the_fit_stopped():
     from hbm.io.rundir import stop_label
     assert stop_label(np.ones(5), {"stop_reason": "converged", "converged": True}) == "converged"
-    assert stop_label(np.ones(5), {"stop_reason": "max_steps", "steps": 20000}) == \
-        "step cap (20,000 steps), not converged"
+    assert stop_label(np.ones(5), {"stop_reason": "max_steps", "steps": 20000}) == "step cap, not converged"
     assert stop_label(np.array([1.0, np.nan]), {"stop_reason": "max_steps"}) == "stopped: non-finite loss"
 
 

@@ -616,10 +616,15 @@ def cmd_simulate(args) -> int:
 
 def wrap(line: str) -> str:
     """``line`` wrapped to the terminal's width (``COLUMNS``, else the terminal's, else 100), its
-    continuation lines indented."""
+    continuation lines indented, never inside parentheses (a name such as ``sd(1 | g)`` stays whole)."""
     width = shutil.get_terminal_size((100, 24)).columns
-    return textwrap.fill(line, width=max(40, width - 1), subsequent_indent="    ",
+    depth, kept = 0, []
+    for ch in line:
+        depth += (ch == "(") - (ch == ")")
+        kept.append("\0" if ch == " " and depth > 0 else ch)
+    text = textwrap.fill("".join(kept), width=max(40, width - 1), subsequent_indent="    ",
                          break_long_words=False, break_on_hyphens=False)
+    return text.replace("\0", " ")
 
 
 class ProgressBar:

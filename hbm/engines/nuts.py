@@ -119,7 +119,7 @@ class NUTSEngine:
                 states, dyn, np.int32(size), np.bool_(True)).compile()
         elif any(got is None for got in saved):
             c0 = next(c for c, got in enumerate(saved) if got is None)
-            init = compile_once(init_chain, keys[c0], dyn)
+            init = compile_once(init_chain, keys[c0], dyn, fast=True)   # runs once a chain
             states = {c0: init(keys[c0], dyn)}
             block = compile_once(run_block, states[c0], dyn, np.int32(size), np.bool_(True))
         compile_s = time.perf_counter() - t0

@@ -345,7 +345,10 @@ def plot_loss(loss: np.ndarray, path: Path | str, stop: str | None = None) -> No
     if stop is not None and loss.size:
         last = int(steps[-1])
         color = "tab:green" if stop == "converged" else "tab:orange"
-        ax.axvline(last, color=color, lw=1.2, ls="--", label=f"step {last + 1:,}: {stop}")
+        ax.axvline(last, color=color, lw=1.5, ls="--", label=f"stopped at step {last + 1:,}: {stop}")
+        ax.text(last, 0.5, f" {stop} ", transform=ax.get_xaxis_transform(), rotation=90, ha="right",
+                va="center", color=color, fontsize=8)
+        ax.set_xlim(right=last + max(1.0, 0.03 * last))
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(loc="upper right")
@@ -384,7 +387,7 @@ def stop_label(loss: np.ndarray, convergence: Mapping) -> str:
     if reason == "converged" or convergence.get("converged") is True:
         return "converged"
     if reason == "max_steps":
-        return f"step cap ({convergence.get('steps', loss.size):,} steps), not converged"
+        return "step cap, not converged"
     return f"stopped: {str(reason)[:60]}" if reason else "stopped"
 
 
