@@ -614,14 +614,22 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+SHORT_PARENTHESIS = 30   # characters: a parameter's name, not a clause
+
+
 def wrap(line: str) -> str:
     """``line`` wrapped to the terminal's width (``COLUMNS``, else the terminal's, else 100), its
-    continuation lines indented, never inside parentheses (a name such as ``sd(1 | g)`` stays whole)."""
+    continuation lines indented, never inside a short parenthesis (a name such as ``sd(1 | g)`` stays
+    whole)."""
     width = shutil.get_terminal_size((100, 24)).columns
-    depth, kept = 0, []
-    for ch in line:
-        depth += (ch == "(") - (ch == ")")
-        kept.append("\0" if ch == " " and depth > 0 else ch)
+    kept, opened = list(line), []
+    for i, ch in enumerate(line):
+        if ch == "(":
+            opened.append(i)
+        elif ch == ")" and opened:
+            start = opened.pop()
+            if i - start <= SHORT_PARENTHESIS:
+                kept[start:i] = ["\0" if c == " " else c for c in kept[start:i]]
     text = textwrap.fill("".join(kept), width=max(40, width - 1), subsequent_indent="    ",
                          break_long_words=False, break_on_hyphens=False)
     return text.replace("\0", " ")

@@ -351,7 +351,7 @@ def plot_loss(loss: np.ndarray, path: Path | str, stop: str | None = None) -> No
         ax.set_xlim(right=last + max(1.0, 0.03 * last))
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper center")   # the curve falls from the upper left; the stop line is at the right
     fig.tight_layout()
     fig.savefig(str(path), format="png")
 
