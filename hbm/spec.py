@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -272,8 +273,20 @@ def _context(e: yaml.MarkedYAMLError) -> str | None:
     return f"{e.context} that starts at line {m.line + 1}, column {m.column + 1}" if m else e.context
 
 
+_YAML_KEY = re.compile(r"\s*[A-Za-z_][\w.]*\s*:(\s|$)")
+
+
+def is_formula(text: str) -> bool:
+    """Whether a SPEC argument is a formula (``"y ~ x + (1 | g)"``) rather than a spec: one line with a
+    ``~``, not the path of an existing file, not YAML (``formula: y ~ x``)."""
+    s = text.strip()
+    return ("~" in s and "\n" not in s and not _YAML_KEY.match(s) and not s.startswith(("{", "["))
+            and not os.path.exists(text))
+
+
 def load_spec(source, base_dir: str | os.PathLike | None = None) -> Spec:
-    """Read a spec from a path, YAML text, a dict or a Spec (returned as is).
+    """Read a spec from a path, YAML text, a formula (:func:`is_formula`: a spec of that formula and
+    every default), a dict or a Spec (returned as is).
 
     A relative ``data:`` path is resolved against the spec file's directory (or
     ``base_dir``). Every problem found is raised together as one HbmError.
@@ -281,7 +294,9 @@ def load_spec(source, base_dir: str | os.PathLike | None = None) -> Spec:
     if isinstance(source, Spec):
         return source
     path = None
-    if isinstance(source, dict):
+    if isinstance(source, str) and is_formula(source):
+        raw = {"formula": source.strip()}
+    elif isinstance(source, dict):
         raw = source
     elif isinstance(source, (str, os.PathLike)):
         text, path = _read(source)

@@ -297,6 +297,6 @@ def test_two_processes_fit_what_one_does(tmp_path):
     assert len(one.loss()) == 60
     np.testing.assert_allclose(two.loss(), one.loss(), rtol=2e-4)
     np.testing.assert_allclose(two.summary["mean"].to_numpy(), one.summary["mean"].to_numpy(), rtol=1e-2, atol=1e-2)
-    obs = two.idata().observed_data["y"].values.reshape(-1)
+    obs = two.idata().observed_data["response"].values.reshape(-1)
     np.testing.assert_array_equal(obs, DF["response"].to_numpy().astype(np.float32))
     assert (tmp_path / "two" / "model.json").is_file()            # hbm predict works on it

@@ -1,14 +1,18 @@
 """The ``hbm`` command line: fit (and fit --resume), check, show, predict, compare, effects, contrast, simulate;
 loo and ppc (``hbm/cli/post.py``).
 
-Every bad input ends in a message and exit status 2, never a traceback.
+Every bad input ends in a message and exit status 2, never a traceback. A command imports what
+it needs when it runs: ``hbm --help``, ``--version`` and ``show`` start without loading JAX.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from hbm.cli import post
@@ -27,11 +31,13 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hbm", description="Compile and fit hierarchical Bayesian models.")
+    p.add_argument("--version", action="version", version=f"hbm {version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    f = sub.add_parser("fit", help="fit a spec to data and write a run directory")
-    f.add_argument("spec", nargs="?")
+    f = sub.add_parser("fit", help="fit a spec (or a formula) to data and write a run directory")
+    f.add_argument("spec", nargs="?", help=SPEC_HELP)
     f.add_argument("data", nargs="?")
+    f.add_argument("--family", help="the response family (sets the spec's family:), e.g. poisson")
     f.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted fit from its last checkpoint (RUN_DIR or RUN_DIR.partial)")
     f.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
@@ -53,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--process-id", type=int)
 
     c = sub.add_parser("check", help="parse, validate and describe the model; no fitting")
-    c.add_argument("spec")
+    c.add_argument("spec", help=SPEC_HELP)
     c.add_argument("data", nargs="?")
+    c.add_argument("--family", help="the response family (sets the spec's family:), e.g. poisson")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
     s = sub.add_parser("show", help="print the summary of a finished fit")
@@ -85,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True)
     post.add_parsers(sub)   # loo, ppc
     return p
+
+
+SPEC_HELP = ("a YAML spec file, or a formula in quotes (\"y ~ x + (1 | g)\": every other key "
+             "its default); a formula that names an existing file is that file")
+
+
+def version() -> str:
+    """hbm's version as installed ("dev" in a source tree without metadata)."""
+    from importlib.metadata import PackageNotFoundError, version as installed
+    try:
+        return installed("hbm")
+    except PackageNotFoundError:
+        return "dev"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +225,8 @@ def _overrides(args) -> list[str]:
     for key in ("engine", "steps"):
         if getattr(args, key, None) is not None:
             overrides.append(f"inference.{key}={getattr(args, key)}")
+    if getattr(args, "family", None) is not None:
+        overrides.append(f"family={args.family}")
     if getattr(args, "devices", None) is not None:
         overrides.append(f"devices={args.devices}")
     return overrides
@@ -220,14 +242,22 @@ def _data_arg(args):
     return args.data
 
 
+def _with_data(spec, data):
+    """``spec`` naming the DATA argument (absolute) as its ``data:``, so the run's spec.yaml records it."""
+    return spec if data is None else replace(spec, data=str(Path(data).resolve()))
+
+
 def cmd_check(args) -> int:
     from hbm.pipeline.compiled import compile_table
     from hbm.pipeline.compile import load_data
     spec = _spec(args)
     _check_inference(spec)
-    df, source = load_data(spec, _data_arg(args))
+    data = _data_arg(args)
+    df, source = load_data(_with_data(spec, data), data)
     model = compile_table(spec, df)
-    print(f"spec      {spec.source_path or '(inline)'}   data: {source}")
+    from hbm.spec import is_formula
+    shown = spec.source_path or ("formula" if is_formula(args.spec) else "(inline)")
+    print(f"spec      {shown}   data: {source}")
     print(model.describe())
     engine = spec.inference.engine
     if engine == "auto":
@@ -274,10 +304,12 @@ def cmd_fit(args) -> int:
                                 "start again")
     t0 = time.perf_counter()
     data = _data_arg(args)
+    spec = _with_data(spec, data)
     df, source = load_data(spec, data)
     model = compile_table(spec, df)
+    model.source = str(source)
     compile_s = time.perf_counter() - t0
-    data_path = str(Path(data).resolve()) if data is not None else spec.data
+    data_path = spec.data
     resume = {"data": data_path, "source": str(source), "fingerprint": model.fingerprint,
               "run_dir": str(run_dir), "overwrite": bool(args.overwrite)}
     return _fit_and_save(args, spec, model, source, run_dir, compile_s, resume, table=df)
@@ -356,6 +388,7 @@ def cmd_resume(args) -> int:
                        hint="give the same data again: hbm fit --resume RUN_DIR DATA")
     df, source = load_data(spec, data)
     model = compile_table(spec, df)
+    model.source = str(source)
     if info.get("fingerprint") and model.fingerprint != info["fingerprint"]:
         raise HbmError(f"the data differs from the data the interrupted fit started with ({source})",
                        where="data", hint="resume with the same data, or start a new fit")
@@ -405,8 +438,9 @@ def _fit_and_save(args, spec, model, source, run_dir, compile_s, resume: dict | 
     def say(*a, **k):
         if writer:
             print(*a, **k)
-    say(f"compiled {spec.name}: {model.n_rows:,} rows from {source}, "
-        + ", ".join(f"{p.name} {p.size:,}" for p in model.ir.plates) + f" ({compile_s:.1f} s)", file=sys.stderr)
+    plates = ", ".join(f"{p.name} {p.size:,}" for p in model.ir.plates)
+    say(f"compiled {spec.name}: {model.n_rows:,} rows from {source}" + (f", {plates}" if plates else "")
+        + f" ({compile_s:.1f} s)", file=sys.stderr)
     ckpt = lock = None
     try:
         if resume is not None:
@@ -456,7 +490,11 @@ def _fit_report_save(args, spec, model, run_dir, compile_s, table, ckpt, part, w
     from hbm.pipeline.fit import fit
     from hbm.results.diagnostics import report_lines
     from hbm.results.summary import format_summary
-    bar = None if args.quiet or not writer else ProgressBar(spec.inference.engine)
+    label = spec.inference.engine
+    if label == "auto" and not args.quiet and writer:
+        from hbm.pipeline.fit import choose_engine
+        label = choose_engine(model)[0]
+    bar = None if args.quiet or not writer else ProgressBar(label)
     try:
         result = fit(model, progress=bar, checkpoint=ckpt)
     except BaseException as e:
@@ -476,7 +514,13 @@ def _fit_report_save(args, spec, model, run_dir, compile_s, table, ckpt, part, w
     result.timings["compile_model_s"] = compile_s
     print(format_summary(result.summary()))
     info = result.engine.info
-    if "converged" in info:
+    if result.kind == "sampler" and "chains" in info:
+        fit_s = result.engine.timings.get("fit_s")
+        print(f"\n{result.config.engine}: {info['chains']} chain{'s' * (info['chains'] != 1)} of "
+              f"{info['warmup']:,} warmup + {info['samples']:,} draws: "
+              f"{info['chains'] * info['samples']:,} draws kept"
+              + (f" ({fit_s:.1f} s)" if isinstance(fit_s, (int, float)) else ""))
+    elif "converged" in info:
         print(f"\n{result.config.engine}: {info.get('steps_run', '?')} steps, "
               + ("converged" if info["converged"] else f"stopped: {info.get('stop_reason', '?')}"))
     if "retried" in info:
@@ -485,13 +529,13 @@ def _fit_report_save(args, spec, model, run_dir, compile_s, table, ckpt, part, w
               f"{result.config.target_accept:g}, {result.config.warmup} warmup and {result.config.samples} draws "
               f"per chain (" + "; then ".join(e["reason"] for e in r["earlier_runs"]) + ")")
     for line in report_lines(getattr(result, "diagnostics", None)):
-        print(line)
+        print(wrap(line))
     if getattr(args, "check_subset", False) and result.kind != "sampler" and table is not None:
         from hbm.pipeline.subset_check import check_on_subset
         check = check_on_subset(result, table)
         result.diagnostics = {**(result.diagnostics or {}), "subset_check": check}
-        print(check["verdict"])
-        print(check["overall"])
+        print(wrap(check["verdict"]))
+        print(wrap(check["overall"]))
     try:
         path = result.save(run_dir, overwrite=args.overwrite)
     except HbmError as e:
@@ -581,27 +625,83 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+SHORT_PARENTHESIS = 30   # characters: a parameter's name, not a clause
+
+
+def wrap(line: str) -> str:
+    """``line`` wrapped to the terminal's width (``COLUMNS``, else the terminal's, else 100), its
+    continuation lines indented, never inside a short parenthesis (a name such as ``sd(1 | g)`` stays
+    whole)."""
+    width = shutil.get_terminal_size((100, 24)).columns
+    kept, opened = list(line), []
+    for i, ch in enumerate(line):
+        if ch == "(":
+            opened.append(i)
+        elif ch == ")" and opened:
+            start = opened.pop()
+            if i - start <= SHORT_PARENTHESIS:
+                kept[start:i] = ["\0" if c == " " else c for c in kept[start:i]]
+    text = textwrap.fill("".join(kept), width=max(40, width - 1), subsequent_indent="    ",
+                         break_long_words=False, break_on_hyphens=False)
+    return text.replace("\0", " ")
+
+
 class ProgressBar:
-    """One line on stderr, redrawn per block of steps: bar, step, running loss, elapsed time."""
+    """One line on stderr, redrawn per block of steps (a new line every 2 s when stderr is not a
+    terminal): bar, step, running loss, or a sampler's chain, phase and divergences; the rate and
+    the time left (measured from the first block on, so compiling is not counted); elapsed time."""
+
+    extra = True    # engines may tell more than (step, total, loss): hbm.engines.base.report
 
     def __init__(self, label: str, width: int = 28):
         self.label, self.width, self.t0 = label, width, time.perf_counter()
         self.tty = sys.stderr.isatty()
         self.last = 0.0
+        self.base: tuple[float, int] | None = None    # (time, step) the rate is measured from
+        self.prev = -1
 
-    def __call__(self, step: int, total: int, loss: float | None) -> None:
+    def __call__(self, step: int, total: int, loss: float | None, *, chain: int | None = None,
+                 chains: int | None = None, phase: str | None = None, divergences: int | None = None,
+                 **_) -> None:
         now = time.perf_counter()
+        if step < self.prev:         # a new run (a sampler's retry)
+            self.base = None
+        self.prev = step
+        if self.base is None and step > 0:
+            self.base = (now, step)
         if not self.tty and now - self.last < 2.0 and step < total:
             return
         self.last = now
         filled = int(self.width * step / max(total, 1))
-        text = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {step}/{total}"
-                + (f"  loss {loss:.5g}" if loss is not None else "") + f"  {now - self.t0:.1f}s")
-        print(("\r" + text) if self.tty else text, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+        text = f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {step:,}/{total:,}"
+        if loss is not None:
+            text += f"  loss {loss:.5g}"
+        if phase is not None:
+            text += f"  chain {chain}/{chains} {phase}" if chain is not None else f"  {phase}"
+        t, s = self.base or (now, step)
+        if step > s and now > t:
+            rate = (step - s) / (now - t)
+            unit = "draws/s" if phase is not None else "steps/s"
+            left = _clock((total - step) / rate)
+            text += f"  {rate:,.0f} {unit}  " + (f"{left} left" if phase is not None else f"up to {left} left")
+        if divergences:
+            text += f"  {divergences:,} divergent"
+        text += f"  {now - self.t0:.1f}s"
+        if self.tty:
+            print("\r" + text + "\x1b[K", end="", file=sys.stderr, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.tty:
             print(file=sys.stderr)
+
+
+def _clock(seconds: float) -> str:
+    """m:ss (h:mm:ss past an hour)."""
+    s = int(round(max(seconds, 0.0)))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
 if __name__ == "__main__":

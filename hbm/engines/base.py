@@ -16,7 +16,19 @@ import numpy as np
 from hbm.errors import HbmError, did_you_mean
 
 Progress = Callable[[int, int, "float | None"], None]
-"""``progress(step, total, loss)``, called once per block of steps."""
+"""``progress(step, total, loss)``, called once per block of steps. A callback with a true attribute
+``extra`` is also given keywords an engine has more to say with (:func:`report`)."""
+
+
+def report(progress: Progress | None, step: int, total: int, loss: float | None = None, **extra) -> None:
+    """Call ``progress``: with ``extra`` (e.g. NUTS's ``chain``, ``phase``, ``divergences``) where it
+    declares ``extra = True``, else with ``(step, total, loss)`` alone."""
+    if progress is None:
+        return
+    if getattr(progress, "extra", False):
+        progress(step, total, loss, **extra)
+    else:
+        progress(step, total, loss)
 
 
 @runtime_checkable

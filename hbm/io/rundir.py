@@ -56,19 +56,22 @@ def _is_empty_dir(p: Path) -> bool:
     return p.is_dir() and not any(p.iterdir())
 
 
-def _check_target(p: Path, overwrite: bool) -> None:
+def _check_target(p: Path, overwrite: bool, overwrite_hint: str = "--overwrite") -> None:
+    """That ``p`` may be written as a run directory. ``overwrite_hint`` is how the caller's user asks
+    to replace a run: ``--overwrite`` on the command line, ``overwrite=True`` in Python (the
+    messages name it, and ``--out`` or the ``run_dir`` argument to match)."""
     if not (p.exists() or p.is_symlink()) or _is_empty_dir(p):
         return
+    other = "another --out" if overwrite_hint.startswith("--") else "another run_dir"
     if not p.is_dir():
-        raise HbmError(f"output path {p} exists and is not a directory",
-                       hint="choose another --out")
+        raise HbmError(f"output path {p} exists and is not a directory", hint=f"choose {other}")
     if not overwrite:
         raise HbmError(f"run directory {p} already exists and is not empty",
-                       hint="pass --overwrite to replace it, or choose another --out")
+                       hint=f"pass {overwrite_hint} to replace it, or choose {other}")
     if not any((p / m).exists() for m in _RUN_MARKERS):
         raise HbmError(f"{p} is not an hbm run directory (no fit.json, spec.yaml, summary.csv "
                        "or posterior.nc); refusing to replace it",
-                       hint="choose another --out, or an empty directory")
+                       hint=f"choose {other}, or an empty directory")
 
 
 def _slug(name: str) -> str:
@@ -186,13 +189,13 @@ def _remove(p: Path) -> None:
 
 
 def write_run(run_dir: Path | str, files: Mapping[str, FileContent], overwrite: bool = False,
-              need_bytes: int = 0) -> Path:
+              need_bytes: int = 0, overwrite_hint: str = "--overwrite") -> Path:
     """Write ``files`` (name -> bytes, text, or a callable given the path to write)
     as the directory ``run_dir``, all at once or not at all; ``need_bytes`` (an estimate of
     their size) is checked against the free space first. A failure of the file system (a full
     disk, a read-only directory) is an :class:`HbmError` naming the file."""
     run_dir = Path(run_dir)
-    _check_target(run_dir, overwrite)
+    _check_target(run_dir, overwrite, overwrite_hint)
     parent = run_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +221,7 @@ def write_run(run_dir: Path | str, files: Mapping[str, FileContent], overwrite: 
             if not dest.exists():
                 raise RuntimeError(f"the writer for {rel!r} did not create {dest}")
         try:
-            _install(tmp, run_dir, overwrite)
+            _install(tmp, run_dir, overwrite, overwrite_hint)
         except OSError as e:
             raise os_error(e, "cannot move the finished files into", run_dir) from None
     except BaseException:
@@ -284,7 +287,7 @@ def remove_stale_siblings(path: Path) -> list[Path]:
     return stale
 
 
-def _install(tmp: Path, run_dir: Path, overwrite: bool) -> None:
+def _install(tmp: Path, run_dir: Path, overwrite: bool, overwrite_hint: str = "--overwrite") -> None:
     if _is_empty_dir(run_dir):
         run_dir.rmdir()
     if not (run_dir.exists() or run_dir.is_symlink()):
@@ -294,7 +297,7 @@ def _install(tmp: Path, run_dir: Path, overwrite: bool) -> None:
         except OSError:
             if not run_dir.exists():
                 raise
-    _check_target(run_dir, overwrite)  # it appeared while we were writing
+    _check_target(run_dir, overwrite, overwrite_hint)  # it appeared while we were writing
     old = temp_sibling(run_dir, "old")
     _remove(old)
     os.rename(run_dir, old)
@@ -362,8 +365,9 @@ def _plain(x):
     return str(x)
 
 
-def plot_loss(loss: np.ndarray, path: Path | str) -> None:
-    """The loss curve: raw loss, a smoothed line over it, log y when all positive."""
+def plot_loss(loss: np.ndarray, path: Path | str, stop: str | None = None) -> None:
+    """The loss curve: raw loss, a smoothed line over it, log y when all positive; ``stop`` (why the
+    fit stopped: :func:`stop_label`) labels a vertical line at the last step."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     loss = np.asarray(loss, dtype=float).reshape(-1)
@@ -385,18 +389,26 @@ def plot_loss(loss: np.ndarray, path: Path | str) -> None:
             ax.set_ylim(lo - pad, hi + pad)
     if ok.any() and (loss[ok] > 0).all():
         ax.set_yscale("log")
+    if stop is not None and loss.size:
+        last = int(steps[-1])
+        color = "tab:green" if stop == "converged" else "tab:orange"
+        ax.axvline(last, color=color, lw=1.5, ls="--", label=f"stopped at step {last + 1:,}: {stop}")
+        ax.text(last, 0.5, f" {stop} ", transform=ax.get_xaxis_transform(), rotation=90, ha="right",
+                va="center", color=color, fontsize=8)
+        ax.set_xlim(right=last + max(1.0, 0.03 * last))
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper center")   # the curve falls from the upper left; the stop line is at the right
     fig.tight_layout()
     fig.savefig(str(path), format="png")
 
 
 def save_fit(run_dir: Path | str, idata, summary_df: pd.DataFrame, spec_dict: dict,
              fit_info: dict, loss: np.ndarray | None = None, overwrite: bool = False,
-             extra: Mapping[str, FileContent] | None = None) -> Path:
+             extra: Mapping[str, FileContent] | None = None, overwrite_hint: str = "--overwrite") -> Path:
     """Write a finished fit's files as ``run_dir`` (atomically, see :func:`write_run`);
-    ``extra`` adds files (name -> content), e.g. what ``hbm predict`` reads."""
+    ``extra`` adds files (name -> content), e.g. what ``hbm predict`` reads. ``loss.png`` marks where
+    the fit stopped and why (fit.json's ``convergence``)."""
     import yaml
     files: dict[str, FileContent] = {
         "posterior.nc": lambda p: save_netcdf(idata, p),
@@ -405,9 +417,25 @@ def save_fit(run_dir: Path | str, idata, summary_df: pd.DataFrame, spec_dict: di
         "fit.json": json.dumps(_plain(fit_info), indent=2, ensure_ascii=False) + "\n",
     }
     if loss is not None and np.asarray(loss).size:
-        files["loss.png"] = lambda p: plot_loss(loss, p)
+        conv = fit_info.get("convergence") if isinstance(fit_info.get("convergence"), Mapping) else {}
+        files["loss.png"] = lambda p: plot_loss(loss, p, stop=stop_label(loss, conv))
     files.update(extra or {})
-    return write_run(run_dir, files, overwrite=overwrite, need_bytes=_nbytes(idata) + _nbytes(summary_df))
+    return write_run(run_dir, files, overwrite=overwrite, need_bytes=_nbytes(idata) + _nbytes(summary_df),
+                     overwrite_hint=overwrite_hint)
+
+
+def stop_label(loss: np.ndarray, convergence: Mapping) -> str:
+    """Why an optimiser stopped, in a few words, for ``loss.png``: converged, the step cap, a non-finite
+    loss, or the optimiser's own message."""
+    loss = np.asarray(loss, dtype=float).reshape(-1)
+    reason = convergence.get("stop_reason")
+    if loss.size and not np.isfinite(loss[-1]):
+        return "stopped: non-finite loss"
+    if reason == "converged" or convergence.get("converged") is True:
+        return "converged"
+    if reason == "max_steps":
+        return "step cap, not converged"
+    return f"stopped: {str(reason)[:60]}" if reason else "stopped"
 
 
 def _nbytes(x) -> int:
@@ -563,7 +591,7 @@ def _value(v) -> str:
 def show_run(run_dir: Path | str, max_rows: int = 30) -> str:
     """The text of ``hbm show``: what was fitted, how, how long, convergence, summary.
 
-    Reads spec keys ``name``, ``formula``, ``family``, ``inference.engine`` and
+    Reads spec keys ``name``, ``formula``, ``family``, ``priors``, ``data``, ``inference.engine`` and
     fit.json keys ``engine``, ``timings`` (name -> seconds), ``devices``,
     ``data`` (e.g. rows, fingerprint), ``convergence`` (any key -> value).
     """
@@ -574,11 +602,16 @@ def show_run(run_dir: Path | str, max_rows: int = 30) -> str:
             ("family", spec.get("family")), ("engine", info.get("engine") or inference.get("engine"))]
     data = info.get("data")
     if isinstance(data, Mapping):
+        source = data.get("source") or spec.get("data")
         bits = [f"{data['rows']:,} rows" if isinstance(data.get("rows"), int) else None,
-                *(f"{k} {_value(v)}" for k, v in data.items() if k != "rows")]
-        rows.append(("data", ", ".join(b for b in bits if b)))
+                *(f"{k} {_value(v)}" for k, v in data.items() if k not in ("rows", "source"))]
+        rows.append(("data", (f"{source}: " if source else "") + ", ".join(b for b in bits if b)))
     elif data is not None:
         rows.append(("data", _value(data)))
+    priors = spec.get("priors")
+    if isinstance(priors, Mapping) and priors:
+        rows += [("priors" if i == 0 else "", f"{k} {'~' if isinstance(v, str) else '='} {_value(v)}")
+                 for i, (k, v) in enumerate(priors.items())]
     if info.get("devices") is not None:
         rows.append(("devices", _value(info["devices"])))
     timings = info.get("timings")

@@ -174,6 +174,19 @@ class ModelIR:
         names += [p.name for p in self.family.params]
         return tuple(names)
 
+    def prior_list(self) -> tuple[tuple[str, PriorLike], ...]:
+        """Every parameter's prior as resolved (the defaults too), by the name ``priors:`` gives it,
+        in model order: what a run's spec.yaml records."""
+        out = [(t.name, t.prior) for t in self.population]
+        for b in self.groups:
+            out += [(b.sd_name(k), b.sd_priors[k]) for k in range(len(b.columns))]
+            if b.cor_prior is not None:
+                out.append((b.cor_name, b.cor_prior))
+        for c in self.chains:
+            out += [(c.sd_name(k), c.sd_priors[k]) for k in range(len(c.plates))]
+        out += [(p.name, p.prior) for p in self.family.params]
+        return tuple(out)
+
     def pretty(self, header: bool = True) -> str:
         """A readable listing: what ``hbm check`` prints (``header=False``: from the plates on)."""
         out = [f"formula   {self.formula}",

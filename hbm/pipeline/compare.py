@@ -139,6 +139,14 @@ def _cell(x: float, fmt: str = "{:.3g}") -> str:
     return "nan" if not np.isfinite(x) else fmt.format(x)
 
 
+def _row_cells(r) -> list[str]:
+    """Means and sds of one row at one precision: two significant digits of the smaller sd, so the
+    four numbers line up at the decimal point and none shows more digits than the draws support."""
+    sds = [x for x in (r.sd_a, r.sd_b) if np.isfinite(x) and x > 0]
+    decimals = int(np.clip(1 - np.floor(np.log10(min(sds))), 0, 8)) if sds else 3
+    return [_cell(x, f"{{:.{decimals}f}}") for x in (r.mean_a, r.mean_b, r.sd_a, r.sd_b)]
+
+
 def format_comparison(cmp: Comparison, worst: int = 5) -> str:
     """The terminal table: scalars, one line per vector variable, the worst elements, the summary line."""
     t = cmp.table
@@ -149,8 +157,7 @@ def format_comparison(cmp: Comparison, worst: int = 5) -> str:
     for name, r in t.iterrows():
         var = r["variable"]
         if counts[var] == 1 and var == name:
-            rows.append([name, _cell(r.mean_a), _cell(r.mean_b), _cell(r.sd_a), _cell(r.sd_b),
-                         _cell(r["shift"], "{:+.2f}"), _cell(r.width_ratio, "{:.2f}")])
+            rows.append([name, *_row_cells(r), _cell(r["shift"], "{:+.2f}"), _cell(r.width_ratio, "{:.2f}")])
         elif var not in done:
             done.add(var)
             g = t[t["variable"] == var]
@@ -165,8 +172,7 @@ def format_comparison(cmp: Comparison, worst: int = 5) -> str:
     if len(vec) > 0 and worst > 0:
         for n in vec["shift"].abs().sort_values(ascending=False).dropna().index[:worst]:
             r = vec.loc[n]
-            worst_rows.append([n, _cell(r.mean_a), _cell(r.mean_b), _cell(r.sd_a), _cell(r.sd_b),
-                               _cell(r["shift"], "{:+.2f}"), _cell(r.width_ratio, "{:.2f}")])
+            worst_rows.append([n, *_row_cells(r), _cell(r["shift"], "{:+.2f}"), _cell(r.width_ratio, "{:.2f}")])
     widths = [max(len(h), *(len(r[i]) for r in rows + worst_rows)) for i, h in enumerate(head)]
     widths[0] = min(widths[0], 56)
 
@@ -221,9 +227,6 @@ def plot_comparison(cmp: Comparison, target) -> None:
             ax.scatter(g["width_ratio"], g["shift"], s=10 if len(g) > 50 else 24, alpha=0.6,
                        color=colors[v], label=v if len(variables) <= 12 else None)
     ax.set_xscale("log")
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.axvline(1.0, color="k", lw=0.8)
     ax.axhline(0.0, color="k", lw=0.8)
     for y in (-1, 1):
@@ -233,18 +236,41 @@ def plot_comparison(cmp: Comparison, target) -> None:
     ax.set_title("each parameter", fontsize=10)
     if len(variables) <= 12:
         ax.legend(fontsize=7, loc="best")
-    data = [np.log10(t.loc[ok & (t["variable"] == v), "width_ratio"].to_numpy(float)) for v in variables]
+    data = [t.loc[ok & (t["variable"] == v), "width_ratio"].to_numpy(float) for v in variables]
     keep = [i for i, d in enumerate(data) if d.size]
     if keep:
         bx.boxplot([data[i] for i in keep], orientation="horizontal", showfliers=True)
         bx.set_yticks(range(1, len(keep) + 1))
         bx.set_yticklabels([_short(variables[i]) for i in keep], fontsize=7)
-    bx.axvline(0.0, color="k", lw=0.8)
-    bx.set_xlabel("log10 width ratio A / B")
+    bx.set_xscale("log")
+    bx.axvline(1.0, color="k", lw=0.8)
+    bx.set_xlabel("90% interval width, A / B (log scale)")
     bx.set_title("per variable", fontsize=10)
+    for axis in (ax, bx):
+        _ratio_ticks(axis)
     fig.suptitle(f"A: {cmp.label_a}   vs   B: {cmp.label_b}", fontsize=9)
     fig.tight_layout()
     fig.savefig(target, format="png")
+
+
+_TICKS = ((0.001, 0.01, 0.1, 1, 10, 100, 1000),          # coarsest first: the first with 3 ticks in view
+          (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100),
+          (0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10),
+          (0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 1.75, 2),
+          (0.8, 0.85, 0.9, 0.95, 1, 1.05, 1.1, 1.15, 1.2, 1.25))
+
+
+def _ratio_ticks(ax) -> None:
+    """Ratio ticks on a log x axis, labelled as ratios (0.5, 1, 2; not 10^0), at least three in view."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+    lo, hi = ax.get_xlim()
+    ticks = next((ts for ts in (tuple(t for t in level if lo <= t <= hi) for level in _TICKS) if len(ts) >= 3),
+                 (lo, 1.0, hi) if lo < 1 < hi else (lo, hi))
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(lo, hi)
 
 
 def _short(s: str, n: int = 34) -> str:

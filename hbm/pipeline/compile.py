@@ -2,6 +2,10 @@
 :class:`CompiledModel`."""
 from __future__ import annotations
 
+import os
+from dataclasses import replace
+from pathlib import Path
+
 import pandas as pd
 
 from hbm.data.table import as_dataframe, read_table
@@ -14,7 +18,7 @@ from hbm.spec import Spec, load_spec
 def load_data(spec: Spec, table=None) -> tuple[pd.DataFrame, str]:
     """The table to fit: given, the spec's ``data:`` file, or simulated from ``simulate:``."""
     if table is not None:
-        return as_dataframe(table), "table" if not isinstance(table, str) else table
+        return as_dataframe(table), str(table) if isinstance(table, (str, os.PathLike)) else "table"
     if spec.data:
         return read_table(spec.data), spec.data
     if spec.simulate is not None:
@@ -24,8 +28,15 @@ def load_data(spec: Spec, table=None) -> tuple[pd.DataFrame, str]:
 
 
 def compile(spec, table=None, *, devices: int | str | None = None) -> CompiledModel:  # noqa: A001
-    """Compile ``spec`` (a path, YAML text, dict or Spec) against ``table`` (or the spec's data)."""
+    """Compile ``spec`` (a path, YAML text, a formula such as ``"y ~ x + (1 | g)"``, a dict or a Spec)
+    against ``table`` (a DataFrame, a file path, or None: the spec's data). A table given as a path is
+    recorded as the spec's ``data`` (what the run's spec.yaml names)."""
     spec = load_spec(spec)
-    df, _ = load_data(spec, table)
-    return compile_table(spec, df, devices=devices)
+    df, source = load_data(spec, table)
+    if isinstance(table, (str, os.PathLike)):
+        spec = replace(spec, data=str(Path(table).resolve()))
+        source = spec.data
+    model = compile_table(spec, df, devices=devices)
+    model.source = str(source)
+    return model
 

@@ -61,6 +61,13 @@ class CompiledModel:
     batches: object = None             # hbm.data.batching.BatchStream when ``batch_size`` is set
     observed_y: object = None          # every row's response in the data's order, where ``rows`` hold a share
                                        # of them (several processes: hbm.pipeline.distributed)
+    source: str | None = None          # where the rows came from: a file, "table", "simulated" (fit.json)
+
+    @property
+    def response_name(self) -> str:
+        """The response column's name: what ``observed_data`` and the per-row groups of the
+        InferenceData (log_likelihood, posterior_predictive) call the response."""
+        return self.ir.response.column
 
     @property
     def response(self):

@@ -33,6 +33,9 @@ from hbm.io.rundir import save_fit
 from hbm.pipeline.predict import Predictor
 from hbm.results.pointwise import plan as pointwise_plan, pointwise_groups
 from hbm.results.ppc import ppc_files
+from hbm.ir.nonlinear import NonlinearIR
+from hbm.results.plots import plot_trace
+from hbm.spec import Spec
 
 @dataclass
 class FitResult:
@@ -56,7 +59,7 @@ class FitResult:
 
     def to_arviz(self):
         """ArviZ InferenceData with named dims and the data's own level labels."""
-        observed = {"y": self.model.response}
+        observed = {self.model.response_name: self.model.response}
         return self._with_pointwise(to_inference_data(
             self.outputs, self.engine.sample_stats or None, self.engine.loss,
             observed, {"formula": self.model.ir.formula, "engine": self.config.engine}))
@@ -96,19 +99,32 @@ class FitResult:
             "versions": {"hbm": _version(), "jax": jax.__version__, "numpyro": numpyro.__version__,
                          "python": platform.python_version()},
             "data": {"rows": self.model.n_rows, "fingerprint": self.model.fingerprint,
-                     "source": self.model.spec.data},
+                     "source": self.model.spec.data or self.model.source},
             "plates": {p.name: p.size for p in self.model.ir.plates},
             "convergence": _jsonable(self.engine.info),
             "outputs": _jsonable(self.outputs_plan()),
             **({"diagnostics": _jsonable(self.diagnostics)} if self.diagnostics else {}),
         }
 
+    def resolved_spec(self) -> Spec:
+        """The spec as fitted, what the run's ``spec.yaml`` holds: every prior the model used (the
+        defaults too, in the spec's own syntax; a non-linear formula keeps the priors as written), the
+        data file, and every inference setting as the fit ran (the engine ``auto`` chose, the
+        optimizer, a retry's longer run). Fitted again to the same data, it gives the same model."""
+        spec = self.model.spec
+        priors = spec.priors if isinstance(self.model.ir, NonlinearIR) else self.model.ir.prior_list()
+        inference = dataclasses.replace(self.config, optimizer=self.config.optimizer_fn)
+        return dataclasses.replace(spec, priors=tuple(priors), inference=inference)
+
     def save(self, run_dir, overwrite: bool = False) -> Path:
-        """Write the run directory (never over an existing run unless ``overwrite``)."""
+        """Write the run directory (never over an existing run unless ``overwrite=True``)."""
         idata = self.to_arviz()
-        return save_fit(run_dir, idata, self.summary(), self.model.spec.to_dict(),
-                        self.fit_info(), self.engine.loss, overwrite=overwrite,
-                        extra={**run_files(self), **curve_files(self), **effect_files(self), **ppc_files(idata)})
+        extra = {**run_files(self), **curve_files(self), **effect_files(self), **ppc_files(idata)}
+        if self.kind == "sampler":
+            extra["trace.png"] = lambda p: plot_trace(self.outputs, p, self.engine.sample_stats)
+        return save_fit(run_dir, idata, self.summary(), self.resolved_spec().to_dict(),
+                        self.fit_info(), self.engine.loss, overwrite=overwrite, extra=extra,
+                        overwrite_hint="overwrite=True")
 
     def predict(self, table, what: str = "response", seed: int = 0, draws: bool = False):
         """Posterior predictions for new rows (see :mod:`hbm.pipeline.predict`): per row mean, sd, q5, q50,
@@ -184,7 +200,8 @@ def _finish(model: CompiledModel, result: EngineResult, config, kind: str = "var
     fitted = FitResult(model, result, outputs, config, {"summarise_s": time.perf_counter() - t0},
                        diagnostics=diagnostics, kind=kind)
     if fitted.kind == "sampler":
-        fitted.diagnostics = sampler_check(fitted.summary(), result.sample_stats, int(config.chains))
+        fitted.diagnostics = sampler_check(fitted.summary(), result.sample_stats, int(config.chains),
+                                           config.target_accept, config.max_tree_depth)
     return fitted
 
 

@@ -96,11 +96,12 @@ def check_fit(result, config: Any):
 
 
 def report_lines(diag: dict | None) -> list[str]:
-    """What ``hbm fit`` prints under the summary: the verdict, and the correction when asked for."""
+    """What ``hbm fit`` prints under the summary: a sampler's warnings, the verdict, and the correction
+    when asked for (one string each; the terminal wraps them)."""
     if not diag:
         return []
     line = correction_line(diag)
-    return [diag["verdict"]] + ([line] if line else [])
+    return [f"warning: {w}" for w in diag.get("warnings", ())] + [diag["verdict"]] + ([line] if line else [])
 
 
 def correction_line(diag: dict) -> str | None:
@@ -117,8 +118,58 @@ SAMPLER_RHAT = 1.01      # Vehtari et al. (2021): R-hat below 1.01 ...
 SAMPLER_ESS = 400        # ... and bulk and tail ESS of at least 400 for every element
 
 
-def sampler_check(summary, sample_stats: dict | None, chains: int) -> dict:
-    """A sampler's verdict from its summary (``r_hat``, ``ess_bulk``, ``ess_tail``) and divergences."""
+EBFMI_LOW = 0.3          # Betancourt (2016), Stan: E-BFMI below 0.3 in a chain is a warning
+
+
+def ebfmi(energy) -> np.ndarray:
+    """Per chain, the energy Bayesian fraction of missing information of the Hamiltonian at each draw
+    (``energy``: chains x draws): the mean squared change between draws over the energy's variance."""
+    e = np.asarray(energy, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.square(np.diff(e, axis=1)).mean(axis=1) / np.var(e, axis=1)
+
+
+def sampler_warnings(stats: dict | None, target_accept: float | None = None,
+                     max_tree_depth: int | None = None) -> list[str]:
+    """NUTS's warnings, each with what to do: divergences, trees at the maximum depth, low E-BFMI
+    (``stats``: the draws' ``diverging``, ``num_steps`` and ``energy``, chains x draws)."""
+    stats, out = stats or {}, []
+    if "diverging" in stats:
+        div = np.asarray(stats["diverging"]).astype(bool)
+        n = int(div.sum())
+        if n:
+            per = ", ".join(f"{int(k)}" for k in div.sum(axis=1))
+            fixes = ["reparametrise: non-centred group-level effects (noncentered: true), predictors on a "
+                     "unit scale (scale(x)), tighter priors on the group-level sds"]
+            if target_accept is not None and target_accept < 0.99:
+                fixes.insert(0, f"raise target_accept (now {target_accept:g}; inference.target_accept: 0.95, "
+                                "or 0.99)")
+            out.append(f"{n:,} of {div.size:,} draws diverged (per chain: {per}): the sampler met curvature "
+                       f"it cannot follow, so those regions are under-explored. Fix: {', or '.join(fixes)}.")
+    if "num_steps" in stats and max_tree_depth:
+        hits = int((np.asarray(stats["num_steps"]) >= 2 ** int(max_tree_depth) - 1).sum())
+        if hits:
+            total = int(np.asarray(stats["num_steps"]).size)
+            out.append(f"{hits:,} of {total:,} draws reached the maximum tree depth {int(max_tree_depth)} "
+                       f"({2 ** int(max_tree_depth) - 1:,} leapfrog steps): the sampler stopped its "
+                       f"trajectories early and mixes slowly. Fix: reparametrise (non-centred effects, "
+                       f"scale(x) for predictors of very different scales), or raise max_tree_depth "
+                       f"(inference.max_tree_depth: {int(max_tree_depth) + 2}).")
+    if "energy" in stats and np.asarray(stats["energy"]).shape[-1] > 2:
+        low = [(c + 1, b) for c, b in enumerate(ebfmi(stats["energy"])) if np.isfinite(b) and b < EBFMI_LOW]
+        if low:
+            which = ", ".join(f"chain {c}: {b:.2f}" for c, b in low)
+            out.append(f"low E-BFMI ({which}; below {EBFMI_LOW}): the momentum draws explore the energy "
+                       "poorly, typically in heavy tails or a funnel. Fix: reparametrise (non-centred "
+                       "group-level effects, tighter priors on the sds), or a longer warmup "
+                       "(inference.warmup: 2000).")
+    return out
+
+
+def sampler_check(summary, sample_stats: dict | None, chains: int, target_accept: float | None = None,
+                  max_tree_depth: int | None = None) -> dict:
+    """A sampler's verdict from its summary (``r_hat``, ``ess_bulk``, ``ess_tail``) and divergences,
+    with its warnings (:func:`sampler_warnings`)."""
     stats = sample_stats or {}
     divergences = int(np.asarray(stats["diverging"]).sum()) if "diverging" in stats else 0
     rhat = float(summary["r_hat"].max()) if "r_hat" in summary and chains > 1 else float("nan")
@@ -140,7 +191,8 @@ def sampler_check(summary, sample_stats: dict | None, chains: int) -> dict:
     text = head + ("trustworthy (the chains agree and mixed)." if not problems else
                    "NOT trustworthy: " + "; ".join(problems) + ".")
     return {"kind": "sampler", "verdict": text, "trustworthy": not problems, "max_r_hat": rhat,
-            "min_ess_bulk": bulk, "min_ess_tail": tail, "divergences": divergences}
+            "min_ess_bulk": bulk, "min_ess_tail": tail, "divergences": divergences,
+            "warnings": sampler_warnings(stats, target_accept, max_tree_depth)}
 
 
 def summary_columns(df, diag: dict | None):
