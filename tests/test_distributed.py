@@ -85,7 +85,8 @@ def test_two_processes_match_one(tmp_path):
         assert p.returncode == 0, err[-3000:]
     assert "results written" in outs[1][0]
     # process 1 prints nothing of its own (the collectives' library announces its connections)
-    assert [line for line in outs[2][0].splitlines() if not line.startswith("[Gloo]")] == []
+    assert [line for line in outs[2][0].splitlines()           # (blank lines: Gloo's threads interleave)
+            if line.strip() and not line.startswith("[Gloo]")] == [], outs[2][0][-500:]
     one, two = load_run(tmp_path / "one"), load_run(tmp_path / "two")
     # the one `hbm fit` path: the same report (convergence line, PSIS verdict) and the same run files
     for (out, _), run in zip(outs[:2], (one, two)):
