@@ -132,10 +132,10 @@ def _os_hint(code: int | None, path: str | None) -> str:
     hints = {
         errno.ENOSPC: f"the disk holding {where} is full: free some space, or write elsewhere",
         errno.EDQUOT: f"your disk quota for {where} is used up: free some space, or write elsewhere",
-        errno.EROFS: f"{where} is on a read-only file system: write elsewhere (e.g. another --out)",
-        errno.EACCES: f"you may not write in {where}: write elsewhere (e.g. another --out), or change "
-                      "its permissions",
-        errno.EPERM: f"the operation is not permitted in {where}: write elsewhere (e.g. another --out)",
+        errno.EROFS: f"{where} is on a read-only file system: write elsewhere (another --out, or run_dir in Python)",
+        errno.EACCES: f"you may not write in {where}: write elsewhere (another --out, or run_dir in Python), "
+                      "or change its permissions",
+        errno.EPERM: f"the operation is not permitted in {where}: write elsewhere (another --out, or run_dir in Python)",
         errno.ENOTDIR: f"a part of {path} is a file, not a directory: choose another path",
         errno.EISDIR: f"{path} is a directory: give a file name",
         errno.ENOENT: f"{where} does not exist or cannot hold files: create it, or choose another path",
