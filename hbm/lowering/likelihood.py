@@ -120,17 +120,22 @@ class Likelihood:
             ll = jnp.where(rows.mask, ll, 0.0)
         return ll
 
+    def _constant_aside(self, rows) -> bool:
+        """Whether the family's data-only constant was left out of :meth:`rowwise` (the layout keeps it
+        in ``rows.lp0``)."""
+        return rows.lp0 is not None and self.fused is not None and self.fused.const is not None
+
     def pointwise(self, params: dict, rows, consts: Consts | None = None) -> jnp.ndarray:
         """Log-likelihood of every row of flat rows, its data-only constant included (``rows.lp0`` of a
         flat layout is per row): what ``log_likelihood`` in posterior.nc holds."""
         ll = self.rowwise(params, rows, consts)
-        if rows.lp0 is not None and self.fused is not None and self.fused.const is not None:
+        if self._constant_aside(rows):
             ll = ll + rows.lp0
         return ll
 
     def local_total(self, params: dict, rows, consts: Consts | None = None) -> jnp.ndarray:
         s = jnp.sum(self.rowwise(params, rows, consts))
-        if rows.lp0 is not None and self.fused is not None and self.fused.const is not None:
+        if self._constant_aside(rows):
             s = s + jnp.sum(rows.lp0)
         return s
 
